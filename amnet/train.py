@@ -1,0 +1,138 @@
+"""Training: L = L_G + 100·L_C + L_Adv, Adam(2e-4, β = (0.5, 0.999)), LSGAN adversary.
+
+Training pairs: the drive frame's signals and target, with a random other frame
+of the same person as the source. A checkpoint (safetensors) and the optimiser
+state (``train_state.pt``, tensors and numbers only, read back with
+``weights_only=True``) are written every epoch; ``resume=True`` picks them up.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from amnet.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from amnet.model import AMNet, AMNetConfig, Discriminator
+
+LAMBDA_C = 100.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch: int = 8
+    lr: float = 2e-4
+    resolution: int = 128
+    max_minutes: float | None = None  # stop cleanly after this much wall time
+    seed: int = 0
+    threads: int | None = None
+
+
+class PairSampler:
+    """Drive frame i with a random other frame of the same identity as its source."""
+
+    def __init__(self, data: dict[str, np.ndarray], resolution: int, seed: int = 0):
+        from amnet.realdata import to_float
+
+        self.faces = torch.from_numpy(to_float(data["face"], resolution))
+        self.audio = torch.from_numpy(data["audio"][:, None].astype(np.float32))
+        self.pose = torch.from_numpy(data["pose"].astype(np.float32))
+        self.eye = torch.from_numpy(data["eye"].astype(np.float32))
+        self.landmarks = torch.from_numpy(data["landmarks"].astype(np.float32))
+        self.identity = np.asarray(data["identity"])
+        self.by_id = {i: np.flatnonzero(self.identity == i) for i in np.unique(self.identity)}
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return len(self.faces)
+
+    def batches(self, batch: int):
+        order = self.rng.permutation(len(self))
+        for s in range(0, len(order) - batch + 1, batch):
+            idx = order[s:s + batch]
+            src = np.array([self.rng.choice(self.by_id[self.identity[i]]) for i in idx])
+            yield (self.faces[src], self.audio[idx], self.pose[idx], self.eye[idx],
+                   self.faces[idx], self.landmarks[idx])
+
+
+def adversarial_step(G: AMNet, D: Discriminator, opt_g, opt_d, batch) -> dict:
+    """One D update (LSGAN), then one G update on L_G + 100·L_C + L_Adv; returns the losses."""
+    source, audio, pose, eye, target, landmarks = batch
+    fake, pred_landmarks = G(source, audio, pose, eye)
+    d_real, d_fake = D(source, target), D(source, fake.detach())
+    loss_d = 0.5 * (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake)))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    l_geo = F.l1_loss(pred_landmarks, landmarks)
+    l_content = F.l1_loss(fake, target)
+    g_fake = D(source, fake)  # after D's update, so the graph sees D's current weights
+    l_adv = F.mse_loss(g_fake, torch.ones_like(g_fake))
+    loss_g = l_geo + LAMBDA_C * l_content + l_adv
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return {"L": loss_g.item(), "L_G": l_geo.item(), "L_C": l_content.item(), "L_Adv": l_adv.item(),
+            "D": loss_d.item()}
+
+
+def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig, cfg: TrainConfig,
+          resume: bool = False, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt, state_path = out_dir / "amnet.safetensors", out_dir / "train_state.pt"
+    G, D = AMNet(model_config), Discriminator()
+    G.set_gc_form("grouped")  # same maths as the loop, one conv per GC instead of N
+    opt_g = torch.optim.Adam(G.parameters(), cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), cfg.lr, betas=(0.5, 0.999))
+    history: list[dict] = []
+    start_epoch, step, elapsed = 0, 0, 0.0
+    if resume and ckpt.is_file() and state_path.is_file():
+        loaded = load_checkpoint(ckpt)
+        G.load_state_dict(loaded.model.state_dict())
+        if loaded.discriminator is not None:
+            D.load_state_dict(loaded.discriminator.state_dict())
+        state = torch.load(state_path, weights_only=True)
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
+        history = json.loads(state["history"])
+    sampler = PairSampler(data, cfg.resolution, cfg.seed + start_epoch)
+    G.train(), D.train()
+    t0 = time.time() - elapsed
+    stop = False
+    for epoch in range(start_epoch, cfg.epochs):
+        bar = tqdm(sampler.batches(cfg.batch), total=len(sampler) // cfg.batch, disable=not progress,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in bar:
+            parts = adversarial_step(G, D, opt_g, opt_d, batch)
+            step += 1
+            n += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            if cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60:
+                stop = True
+                break
+        history.append({"epoch": epoch + 1, "step": step, "minutes": round((time.time() - t0) / 60, 2),
+                        **{k: round(v / max(n, 1), 5) for k, v in sums.items()}})
+        G.config.extra = {"steps": step, "epochs": epoch + 1, "train_resolution": cfg.resolution,
+                          "batch": cfg.batch, "wall_minutes": history[-1]["minutes"], "final_losses": history[-1]}
+        save_checkpoint(ckpt, G, D)
+        state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "epoch": epoch + 1, "step": step,
+                 "elapsed": time.time() - t0, "history": json.dumps(history)}
+        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+        if stop:
+            break
+    return {"checkpoint": str(ckpt), "steps": step, "history": history}

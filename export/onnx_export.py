@@ -1,0 +1,168 @@
+"""AMNet → ONNX, with GC as one grouped convolution over batch-folded channels.
+
+ONNX ``Conv.group`` is a static attribute, so folding the batch into channels
+(group = N·C) fixes N: each batch bucket is its own artifact. ``dynamic=True``
+exports GC's elementwise form instead, which keeps N symbolic.
+
+Opset 17: the first with LayerNormalization (f_Geo's per-sample standardisation
+becomes one node), and the newest that ONNX Runtime, OpenVINO and TensorRT 10
+all import without caveats.
+
+The TorchScript exporter (``dynamo=False``) is used: the dynamo exporter cannot
+fold a symbolic batch into a group count either, needs onnxscript, and the
+TorchScript graph is what onnxsim and the runtimes here were checked with.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from amnet import __version__
+from amnet.checkpoint import atomic_write
+from amnet.errors import ArtifactError
+from amnet.model import AMNet, FuserHalf, ReenactorHalf
+
+OPSET = 17
+PARTS = ("full", "fuser", "reenactor")
+PART_IO = {
+    "full": (["source", "audio", "pose", "eye"], ["face", "landmarks"]),
+    "fuser": (["audio", "pose", "eye"], ["f_geo", "landmarks"]),
+    "reenactor": (["source", "f_geo"], ["face"]),
+}
+
+
+@dataclass
+class Artifact:
+    """One exported file and what it is; the manifest holds a list of these."""
+
+    file: str
+    part: str
+    gc_form: str
+    batch: int | None  # None = dynamic
+    resolution: int | None  # None for the fuser (no image)
+    precision: str = "fp32"
+    runtime: str = "onnx"
+    sha256: str = ""
+    parity: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def artifact_name(part: str, batch: int | None, resolution: int | None, precision: str = "fp32") -> str:
+    b = "dyn" if batch is None else f"b{batch}"
+    r = "" if resolution is None else f"_r{resolution}"
+    p = "" if precision == "fp32" else f"_{precision}"
+    return f"amnet_{part}_{b}{r}{p}.onnx"
+
+
+def dummy_inputs(part: str, batch: int, resolution: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    shapes = {"source": (batch, 3, resolution, resolution), "audio": (batch, 1, 64, 60), "pose": (batch, 3),
+              "eye": (batch, 2), "f_geo": (batch, 256)}
+    return tuple(torch.randn(*shapes[n], generator=g) for n in PART_IO[part][0])
+
+
+def _module(model: AMNet, part: str) -> torch.nn.Module:
+    return {"full": lambda: model, "fuser": lambda: FuserHalf(model), "reenactor": lambda: ReenactorHalf(model)}[part]()
+
+
+def to_onnx(model: AMNet, part: str = "full", batch: int | None = 1, resolution: int = 256,
+            simplify: bool = True) -> onnx.ModelProto:
+    """Trace one part at one batch (None = dynamic batch, elementwise GC) and return the ModelProto."""
+    form = "elementwise" if batch is None else "grouped"
+    model = model.eval().set_gc_form(form)
+    inputs, outputs = PART_IO[part]
+    args = dummy_inputs(part, batch or 2, resolution)
+    dynamic_axes = {n: {0: "N"} for n in inputs + outputs} if batch is None else None
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript exporter deprecation notice
+        torch.onnx.export(_module(model, part), args, buf, input_names=inputs, output_names=outputs,
+                          opset_version=OPSET, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    if simplify:
+        proto = simplify_model(proto)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def simplify_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:
+        raise ArtifactError("onnxsim could not validate the simplified graph")
+    return simplified
+
+
+def set_metadata(proto: onnx.ModelProto, meta: dict) -> None:
+    existing = {p.key: p for p in proto.metadata_props}
+    for k, v in meta.items():
+        v = v if isinstance(v, str) else json.dumps(v)
+        if k in existing:
+            existing[k].value = v
+        else:
+            proto.metadata_props.add(key=k, value=v)
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> str:
+    """Write atomically; returns the file's sha256."""
+    data = proto.SerializeToString()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_metadata(path: Path) -> dict:
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf decode errors vary
+        raise ArtifactError(f"{path.name} is not a readable ONNX file ({type(e).__name__})") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def export_one(model: AMNet, out_dir: Path, part: str, batch: int | None, resolution: int,
+               source_sha256: str, simplify: bool = True) -> tuple[Artifact, onnx.ModelProto]:
+    res = None if part == "fuser" else resolution
+    proto = to_onnx(model, part, batch, resolution, simplify)
+    art = Artifact(file=artifact_name(part, batch, res), part=part,
+                   gc_form="elementwise" if batch is None else "grouped", batch=batch, resolution=res)
+    set_metadata(proto, {
+        "producer": f"amnet-deploy {__version__}", "source_checkpoint_sha256": source_sha256,
+        "part": part, "gc_form": art.gc_form, "gc_kernel": str(model.config.kernel),
+        "batch": "dynamic" if batch is None else str(batch), "resolution": str(res),
+        "precision": "fp32", "opset": str(OPSET), "landmarks": str(model.config.landmarks),
+        "audio_delta": model.config.audio_delta, "simplified": str(simplify).lower(),
+    })
+    art.sha256 = save_onnx(proto, out_dir / art.file)
+    return art, proto
+
+
+def parity(model: AMNet, onnx_path: Path, part: str, feeds: dict[str, np.ndarray], batch: int | None,
+           threads: int | None = None) -> dict:
+    """Max and mean abs error of ONNX Runtime vs eager PyTorch (loop GC) on real inputs."""
+    from runtimes.onnxruntime_runner import OnnxRuntimeRunner
+
+    names, outs = PART_IO[part]
+    n = len(next(iter(feeds.values())))
+    step = batch or min(n, 4)
+    model = model.eval().set_gc_form("loop")
+    mod = _module(model, part)
+    errs: dict[str, list] = {o: [] for o in outs}
+    with OnnxRuntimeRunner(onnx_path, threads=threads) as runner:
+        for s in range(0, n - step + 1, step):
+            chunk = {k: feeds[k][s:s + step] for k in names}
+            got = runner.infer(chunk)
+            with torch.inference_mode():
+                ref = mod(*(torch.from_numpy(chunk[k]) for k in names))
+            ref = ref if isinstance(ref, tuple) else (ref,)
+            for o, r in zip(outs, ref):
+                errs[o].append(np.abs(got[o] - r.numpy()))
+    return {o: {"max_abs": float(max(e.max() for e in errs[o])),
+                "mean_abs": float(np.mean([e.mean() for e in errs[o]]))} for o in outs}
