@@ -159,3 +159,28 @@ def load_inputs(name: str = "heldout", resolution: int = 256, limit: int | None 
     if "target_idx" in d:
         out["target"] = to_float(d["images"][d["target_idx"][:n]], resolution)
     return out
+
+
+def resize_source(source: np.ndarray, resolution: int) -> np.ndarray:
+    """float N×3×H×W in [-1, 1] → N×3×R×R."""
+    import cv2
+
+    if source.ndim != 4 or source.shape[1] != 3:
+        raise InputError(f"input 'source' must be N×3×H×W, got shape {source.shape}")
+    if source.shape[-1] == resolution and source.shape[-2] == resolution:
+        return source
+    out = [cv2.resize(np.ascontiguousarray(im.transpose(1, 2, 0)), (resolution, resolution),
+                      interpolation=cv2.INTER_AREA) for im in source.astype(np.float32)]
+    return np.stack(out).transpose(0, 3, 1, 2).copy()
+
+
+def parity_feeds(model, resolution: int, limit: int = 8) -> dict[str, np.ndarray]:
+    """Held-out real inputs at a resolution, plus f_geo from the model's own fuser (for ψ-only artifacts)."""
+    import torch
+
+    feeds = load_inputs("heldout", resolution, limit)
+    feeds.pop("target", None)
+    with torch.inference_mode():
+        f_geo, _ = model.fuser(*(torch.from_numpy(feeds[k]) for k in ("audio", "pose", "eye")))
+    feeds["f_geo"] = f_geo.numpy()
+    return feeds

@@ -24,6 +24,7 @@ class TorchRunner(Runner):
         if isinstance(model, Loaded):
             model = model.require_full()
         self.model = model.eval().set_gc_form(gc_form)
+        self.metadata = {"audio_delta": model.config.audio_delta, "gc_form": gc_form}
         self.threads = threads
         self.load_time = time.perf_counter() - t
         self.inputs = [TensorSpec("source", (None, 3, None, None)), TensorSpec("audio", (None, 1, 64, 60)),

@@ -1,0 +1,53 @@
+"""What the CLI's `export` and `build` call: checkpoint → artifacts + manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from amnet.checkpoint import load_checkpoint
+from amnet.errors import InputError
+from export import manifest as mf
+
+PARITY_MAX_ABS = 1e-4
+
+
+def export_checkpoint(checkpoint, out_dir: Path, batches=(1,), resolution: int = 256, dynamic: bool = False,
+                      parts=("full",), simplify: bool = True, check_parity: bool = True, threads=None,
+                      progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from amnet.realdata import parity_feeds
+    from export.onnx_export import OPSET, export_one, parity
+
+    loaded = load_checkpoint(checkpoint)
+    model = loaded.require_full()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    feeds = parity_feeds(model, resolution) if check_parity else None
+    jobs = [(p, b) for p in parts for b in batches] + ([(p, None) for p in parts] if dynamic else [])
+    artifacts = []
+    for part, batch in tqdm(jobs, desc="export", disable=not progress, unit="file"):
+        art, _ = export_one(model, out_dir, part, batch, resolution, loaded.sha256, simplify)
+        if feeds is not None:
+            errs = parity(model, out_dir / art.file, part, feeds, batch, threads)
+            art.parity = {"reference": "pytorch-fp32-loop", "inputs": "calibration_data/heldout.npz",
+                          "outputs": errs, "threshold_max_abs": PARITY_MAX_ABS,
+                          "passed": all(e["max_abs"] <= PARITY_MAX_ABS for e in errs.values())}
+        artifacts.append(art)
+    return mf.update(out_dir, artifacts, source_checkpoint=str(loaded.path), source_sha256=loaded.sha256,
+                     source_format=loaded.format, config=loaded.config.to_dict(), opset=OPSET,
+                     parity_threshold=PARITY_MAX_ABS,
+                     versions=mf.tool_versions("torch", "onnx", "onnxruntime", "onnxsim"))
+
+
+def build_runtime(model, runtime: str, precisions, out_dir: Path, batches=(1,), resolution: int = 256,
+                  calib_samples: int = 64, preset: str = "performance", accuracy_control: bool = False,
+                  max_drop: float = 1.0, progress: bool = True) -> dict:
+    if runtime == "openvino":
+        from export.openvino_build import build_openvino
+
+        return build_openvino(Path(model), precisions, out_dir, batches, resolution, calib_samples, preset,
+                              accuracy_control, max_drop, progress)
+    if runtime == "tensorrt":
+        from export.tensorrt_build import build_tensorrt
+
+        return build_tensorrt(Path(model), precisions, out_dir, batches, resolution, calib_samples, progress)
+    raise InputError(f"unknown runtime {runtime!r}")

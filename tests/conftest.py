@@ -1,0 +1,44 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# Two threads, as on the CI machine; tests stay deterministic.
+torch.set_num_threads(2)
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def official_layout():
+    return json.loads((DATA / "official-checkpoint-layout.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    from amnet.model import AMNet, AMNetConfig
+
+    torch.manual_seed(0)
+    return AMNet(AMNetConfig(landmarks=136)).eval()
+
+
+@pytest.fixture(scope="session")
+def checkpoint_file(tmp_path_factory, small_model):
+    from amnet.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors", small_model)
+
+
+def random_inputs(n=2, res=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "source": rng.uniform(-1, 1, (n, 3, res, res)).astype(np.float32),
+        "audio": rng.normal(0, 1, (n, 1, 64, 60)).astype(np.float32),
+        "pose": rng.normal(0, 0.3, (n, 3)).astype(np.float32),
+        "eye": rng.uniform(0.1, 0.4, (n, 2)).astype(np.float32),
+    }
