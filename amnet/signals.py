@@ -129,11 +129,11 @@ class FaceAnalyzer:
         left_eye, right_eye = pts[36:42].mean(0), pts[42:48].mean(0)
         angle = np.degrees(np.arctan2(right_eye[1] - left_eye[1], right_eye[0] - left_eye[0]))
         centre = (pts[17:].mean(0) + pts[27:36].mean(0)) / 2
-        size = 2.2 * max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]))
+        size = 1.8 * max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]))
         m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(angle), CROP / size)
         m[:, 2] += np.array([CROP / 2, CROP / 2]) - centre
         crop = cv2.warpAffine(rgb, m, (CROP, CROP), flags=cv2.INTER_AREA if size > CROP else cv2.INTER_CUBIC,
-                              borderMode=cv2.BORDER_REFLECT)
+                              borderMode=cv2.BORDER_REPLICATE)
         crop_pts = np.hstack([pts, np.ones((68, 1))]) @ m.T
         return FaceSignals(crop=crop, landmarks=(crop_pts / CROP).astype(np.float32).reshape(-1),
                            pose=head_pose(pts, rgb.shape), eye=eye_aspect_ratios(pts))

@@ -42,3 +42,15 @@ def random_inputs(n=2, res=32, seed=0):
         "pose": rng.normal(0, 0.3, (n, 3)).astype(np.float32),
         "eye": rng.uniform(0.1, 0.4, (n, 2)).astype(np.float32),
     }
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """The shipped trained model (the real-data parity checks run on it)."""
+    from amnet.checkpoint import load_checkpoint
+    from cli.open import default_checkpoint
+
+    path = default_checkpoint()
+    if not path.is_file():
+        pytest.fail(f"the shipped checkpoint {path} is missing")
+    return load_checkpoint(path).model

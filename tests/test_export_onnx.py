@@ -1,0 +1,149 @@
+"""ONNX export: graph structure, metadata, ORT parity on held-out real inputs, bad input."""
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from amnet.errors import ArtifactError, InputError
+from export.onnx_export import export_one, parity, to_onnx
+from tests.conftest import ROOT, random_inputs
+
+
+def conv_nodes(proto):
+    inits = {i.name for i in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Conv":
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            yield n, group, n.input[1] in inits
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_grouped_export_holds_batch_folded_convs(small_model, batch):
+    proto = to_onnx(small_model, "full", batch, 32)
+    grouped = [(n, g) for n, g, const_w in conv_nodes(proto) if not const_w]
+    # Nine GC modules, each one grouped Conv over N·C channels with a weight computed in the graph.
+    assert sorted(g for _, g in grouped) == sorted([batch * 152] * 8 + [batch * 128])
+    assert proto.opset_import[0].version == 17
+
+
+def test_dynamic_export_has_symbolic_batch_and_no_dynamic_convs(small_model):
+    proto = to_onnx(small_model, "full", None, 32)
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "N", value.name
+    assert all(const_w for _, _, const_w in conv_nodes(proto))  # GC became elementwise
+
+
+def test_metadata_and_checker(small_model, tmp_path):
+    art, proto = export_one(small_model, tmp_path, "full", 2, 32, "abc123")
+    onnx.checker.check_model(str(tmp_path / art.file))
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / art.file)).metadata_props}
+    assert meta["source_checkpoint_sha256"] == "abc123" and meta["gc_form"] == "grouped"
+    assert meta["batch"] == "2" and meta["resolution"] == "32" and meta["gc_kernel"] == "1"
+    assert meta["producer"].startswith("amnet-deploy") and meta["simplified"] == "true"
+
+
+@pytest.mark.parametrize("resolution", [128, 256])
+def test_ort_parity_on_heldout_real_inputs(trained, tmp_path, resolution):
+    from amnet.realdata import parity_feeds
+
+    feeds = parity_feeds(trained, resolution, limit=4)
+    for part, batch in (("full", 1), ("full", 2), ("full", None), ("fuser", 1), ("reenactor", 2)):
+        art, _ = export_one(trained, tmp_path, part, batch, resolution, "x")
+        errs = parity(trained, tmp_path / art.file, part, feeds, batch, threads=2)
+        for out, e in errs.items():
+            assert e["max_abs"] <= 1e-4, (art.file, out, e)
+
+
+def test_bucketed_runner_pads_and_trims(small_model, tmp_path):
+    import torch
+
+    from runtimes.base import BucketedRunner
+    from runtimes.onnxruntime_runner import OnnxRuntimeRunner
+
+    runners = {}
+    for b in (1, 2):
+        art, _ = export_one(small_model, tmp_path, "full", b, 32, "x")
+        runners[b] = OnnxRuntimeRunner(tmp_path / art.file)
+    feeds = random_inputs(5, 32)
+    with BucketedRunner(runners) as r:
+        assert r.bucket_for(1) == 1 and r.bucket_for(2) == 2 and r.bucket_for(7) == 2
+        out = r.infer(feeds)
+    with torch.no_grad():
+        ref, _ = small_model.set_gc_form("loop")(*(torch.from_numpy(feeds[k]) for k in ("source", "audio", "pose", "eye")))
+    assert out["face"].shape == (5, 3, 32, 32)
+    np.testing.assert_allclose(out["face"], ref.numpy(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def b1_onnx(small_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx")
+    art, _ = export_one(small_model, d, "full", 1, 32, "x")
+    return d / art.file
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda f: f.pop("pose"), "missing input.*pose"),
+    (lambda f: f.__setitem__("audio", f["audio"][:, :, :32]), "input 'audio' has shape"),
+    (lambda f: f.__setitem__("eye", f["eye"].astype(np.complex64)), "input 'eye' has dtype"),
+    (lambda f: f["source"].__setitem__((0, 0, 0, 0), np.nan), "input 'source' holds 1 NaN/Inf"),
+    (lambda f: f["pose"].__setitem__((0, 1), np.inf), "input 'pose' holds 1 NaN/Inf"),
+    (lambda f: f.__setitem__("source", np.zeros((2, 3, 32, 32), np.float32)), "input 'audio' has batch 1 but"),
+    (lambda f: f.update({k: np.repeat(v, 2, 0) for k, v in f.items()}), "built for batch 1, got 2"),
+])
+def test_bad_feeds_name_the_input(b1_onnx, mutate, match):
+    from runtimes.onnxruntime_runner import OnnxRuntimeRunner
+
+    feeds = random_inputs(1, 32)
+    mutate(feeds)
+    with OnnxRuntimeRunner(b1_onnx) as r, pytest.raises(InputError, match=match):
+        r.infer(feeds)
+
+
+def test_corrupt_and_truncated_onnx(b1_onnx, tmp_path):
+    from runtimes.onnxruntime_runner import OnnxRuntimeRunner
+
+    truncated = tmp_path / "t.onnx"
+    truncated.write_bytes(b1_onnx.read_bytes()[:20000])
+    garbage = tmp_path / "g.onnx"
+    garbage.write_bytes(b"\x00not an onnx model" * 50)
+    for f in (truncated, garbage):
+        with pytest.raises(ArtifactError, match="not a loadable ONNX model") as e:
+            OnnxRuntimeRunner(f)
+        assert "\n" not in str(e.value)
+
+
+def test_cli_infer_on_onnx_and_bad_inputs(b1_onnx, tmp_path):
+    np.savez(tmp_path / "in.npz", **random_inputs(1, 32))
+    bad = random_inputs(1, 32)
+    bad["eye"][0, 0] = np.nan
+    np.savez(tmp_path / "bad.npz", **bad)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cli", "infer", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, cwd=ROOT)
+    ok = run(b1_onnx, "--inputs", tmp_path / "in.npz", "--output", tmp_path / "out.npz")
+    assert ok.returncode == 0, ok.stderr
+    assert np.load(tmp_path / "out.npz")["face"].shape == (1, 3, 32, 32)
+    r = run(b1_onnx, "--inputs", tmp_path / "bad.npz", "--output", tmp_path / "out2.npz")
+    assert r.returncode == 2 and "input 'eye' holds 1 NaN/Inf" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out2.npz").exists()
+
+
+def test_failed_write_leaves_nothing_behind(small_model, tmp_path, monkeypatch):
+    import export.onnx_export as ox
+
+    def boom(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", boom)
+    with pytest.raises(OSError):
+        ox.export_one(small_model, tmp_path, "full", 1, 32, "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runtimes_package_does_not_import_torch():
+    code = ("import sys, runtimes, runtimes.base, runtimes.onnxruntime_runner, runtimes.openvino_runner, "
+            "runtimes.tensorrt_runner; print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
