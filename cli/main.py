@@ -208,7 +208,8 @@ def cmd_build(args) -> int:
                              resolution=args.resolution, calib_samples=args.calib_samples, preset=args.preset,
                              accuracy_control=args.accuracy_control, max_drop=args.max_drop,
                              progress=not args.quiet)
-    print_artifacts([a for a in manifest["artifacts"] if a["runtime"] == args.runtime])
+    runtime = {"onnxruntime": "onnx"}.get(args.runtime, args.runtime)
+    print_artifacts([a for a in manifest["artifacts"] if a.get("runtime", "onnx") == runtime])
     return 0
 
 
@@ -281,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("build", help="compile for a runtime: OpenVINO IR or TensorRT engines, FP32/FP16/INT8")
     s.add_argument("model", help="an export folder, an .onnx file, or a checkpoint")
-    s.add_argument("--runtime", choices=("openvino", "tensorrt"), required=True)
+    s.add_argument("--runtime", choices=("openvino", "tensorrt", "onnxruntime"), required=True,
+                   help="onnxruntime: the FP16 / Q/DQ INT8 ONNX files TensorRT builds from, runnable anywhere")
     s.add_argument("--precision", type=_words(("fp32", "fp16", "int8")), default=["fp32", "fp16", "int8"])
     s.add_argument("--output", required=True)
     s.add_argument("--batch", type=_ints, default=[1])
@@ -293,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-drop", type=float, default=1.0, help="accuracy control: max PSNR drop in dB")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_build)
+
+    from cli.harness import add_commands
+
+    add_commands(sub, _checkpoint_arg, _resolution)
     return p
 
 

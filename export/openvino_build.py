@@ -49,6 +49,9 @@ def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, m
         import nncf
     except ImportError:
         raise RuntimeMissing("NNCF is not installed: pip install nncf") from None
+    import logging
+
+    nncf.set_log_level(logging.ERROR)  # its INFO lines list every ignored node
     dataset = nncf.Dataset(items)
     ignored = nncf.IgnoredScope(patterns=IGNORED_PATTERNS, validate=False)
     preset_enum = nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE

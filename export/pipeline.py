@@ -46,8 +46,32 @@ def build_runtime(model, runtime: str, precisions, out_dir: Path, batches=(1,), 
 
         return build_openvino(Path(model), precisions, out_dir, batches, resolution, calib_samples, preset,
                               accuracy_control, max_drop, progress)
+    if runtime == "onnxruntime":
+        return build_onnx_precisions(Path(model), precisions, out_dir, batches, resolution, calib_samples, progress)
     if runtime == "tensorrt":
         from export.tensorrt_build import build_tensorrt
 
         return build_tensorrt(Path(model), precisions, out_dir, batches, resolution, calib_samples, progress)
     raise InputError(f"unknown runtime {runtime!r}")
+
+
+def build_onnx_precisions(model_path: Path, precisions, out_dir: Path, batches=(1,), resolution: int = 256,
+                          calib_samples: int = 64, progress: bool = True) -> dict:
+    """The FP16 and Q/DQ INT8 ONNX files (what TensorRT builds from), to run in ONNX Runtime on any machine."""
+    from tqdm import tqdm
+
+    from amnet.checkpoint import file_sha256
+    from export.onnx_export import read_metadata
+    from export.openvino_build import _onnx_inputs
+    from export.tensorrt_build import precision_onnx
+
+    artifacts = []
+    onnx_files = _onnx_inputs(model_path, out_dir, batches, resolution, progress)
+    jobs = [(f, p) for f in onnx_files for p in precisions if p != "fp32"]
+    for fp32, precision in tqdm(jobs, desc="onnx precision", disable=not progress, unit="file"):
+        meta = read_metadata(fp32)
+        path = precision_onnx(fp32, precision, out_dir, int(meta["resolution"]), int(meta["batch"]), calib_samples)
+        artifacts.append({"file": path.name, "part": "full", "gc_form": "grouped", "batch": int(meta["batch"]),
+                          "resolution": int(meta["resolution"]), "precision": precision, "runtime": "onnx",
+                          "from": fp32.name, "sha256": file_sha256(path)})
+    return mf.update(out_dir, artifacts)

@@ -1,0 +1,222 @@
+"""Throughput harness: latency percentiles, FPS, peak RSS, cold start, roofline, the paper's claims.
+
+Each variant runs in its own child process (`python -m benchmarks.bench --one SPEC`) so that its
+peak RSS and cold start are its own. PyTorch eager is measured in the same run and every FPS is
+also given as a ratio to it. Medians, not means: these shared machines drift.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PAPER = {"cpu": {"fps": 33.8, "device": "Intel i9-10900K", "cores": 10,
+                 # Theoretical FP32 peak: 10 cores × 32 FLOP/cycle (2 AVX2 FMA units) × 4.1 GHz all-core.
+                 "peak_gflops": 1312.0, "resolution": 128},
+         "gpu": {"fps": 158.9, "device": "NVIDIA RTX 2080 Ti", "resolution": 128}}
+REAL_TIME_FPS = 25.0
+
+
+def machine_info(threads: int | None = None) -> dict:
+    flags = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", "x86_64"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = {name: any(f in flags for f in keys) for name, keys in {
+        "AVX2": ["avx2"], "AVX-512": ["avx512f"], "VNNI": ["avx512_vnni", "avx_vnni"],
+        "AMX": ["amx_tile", "amx_int8"], "AVX512-FP16": ["avx512_fp16"]}.items()}
+    gpu = None
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.max.sm,clocks.max.mem", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        if smi.returncode == 0 and smi.stdout.strip():
+            gpu = smi.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    from export.manifest import tool_versions
+
+    return {"cpu": model, "cores": os.cpu_count(), "threads_used": threads, "isa": isa, "gpu": gpu,
+            "versions": tool_versions("torch", "onnxruntime", "openvino", "nncf", "tensorrt")}
+
+
+def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of FP32 GEMM rate with numpy's BLAS: the machine's practical compute ceiling."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec,
+    so a child started from a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------- one variant, in a child process
+
+def bench_one(spec: dict) -> dict:
+    """Load, warm up, time. spec: runtime, path, precision, batch, resolution, threads, iters, warmup."""
+    t0 = time.perf_counter()
+    batch = spec.get("batch") or 1
+    r = spec["resolution"]
+    rng = np.random.default_rng(0)
+    feeds = {"source": rng.uniform(-1, 1, (batch, 3, r, r)).astype(np.float32),
+             "audio": rng.normal(0, 30, (batch, 1, 64, 60)).astype(np.float32),
+             "pose": rng.normal(0, .2, (batch, 3)).astype(np.float32),
+             "eye": rng.uniform(.2, .35, (batch, 2)).astype(np.float32)}
+    if spec["runtime"] == "pytorch":
+        import torch
+
+        from amnet.reference import TorchRunner
+
+        torch.set_num_threads(spec["threads"])
+        runner = TorchRunner(spec["path"], threads=spec["threads"], gc_form="grouped")
+    else:
+        from benchmarks.parity import Variant, open_variant
+
+        runner = open_variant(Variant("x", spec["runtime"], spec["precision"], Path(spec["path"]), spec["batch"],
+                                      r), spec["threads"])
+    runner.infer(feeds)  # first inference completes the cold start (lazy compilation)
+    cold = time.perf_counter() - t0
+    for _ in range(spec["warmup"]):
+        runner.infer(feeds)
+    times = []
+    deadline = time.perf_counter() + spec.get("max_seconds", 30)
+    for _ in range(spec["iters"]):
+        runner.infer(feeds)
+        times.append(runner.inference_time)
+        if time.perf_counter() > deadline and len(times) >= 5:
+            break
+    t = np.array(times)
+    out = {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
+           "p99_ms": float(np.percentile(t, 99) * 1e3), "iters": len(t), "cold_start_s": round(cold, 3),
+           "fps": batch / float(np.median(t))}
+    if hasattr(runner, "infer_many"):  # OpenVINO: throughput mode with streams
+        from runtimes.openvino_runner import OpenVinoRunner
+
+        runner.close()
+        tp = OpenVinoRunner(spec["path"], threads=spec["threads"], mode="throughput", precision=spec["precision"])
+        n_req = max(2, tp.optimal_requests) * 4
+        tp.infer_many([feeds] * n_req)
+        tp.infer_many([feeds] * n_req)
+        out["throughput_fps"] = n_req * batch / tp.inference_time
+        out["throughput_streams"] = tp.optimal_requests
+        tp.close()
+    else:
+        runner.close()
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def run_child(spec: dict, timeout: float = 300) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    p = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--one", json.dumps(spec)], capture_output=True,
+                       text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parent.parent)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": tail[:200]}
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------- the whole run
+
+def bench(variants: list, checkpoint: str | None, resolution: int, threads: int = 2, iters: int = 30,
+          warmup: int = 3, gflops: float | None = None, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    specs = []
+    if checkpoint:
+        specs.append({"name": "pytorch-fp32-eager", "runtime": "pytorch", "precision": "fp32", "path": str(checkpoint),
+                      "batch": 1, "resolution": resolution})
+    for v in variants:
+        if v.resolution == resolution:
+            specs.append({"name": v.name, "runtime": v.runtime, "precision": v.precision, "path": str(v.path),
+                          "batch": v.batch, "resolution": resolution})
+    peak = gemm_peak_gflops()
+    rows = []
+    for spec in tqdm(specs, desc=f"bench {resolution}²", disable=not progress, unit="variant"):
+        spec.update(threads=threads, iters=iters, warmup=warmup)
+        res = run_child(spec)
+        rows.append({**{k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution")}, **res})
+    eager = next((r["fps"] for r in rows if r["runtime"] == "pytorch" and "fps" in r), None)
+    for r in rows:
+        if "fps" not in r:
+            continue
+        if eager:
+            r["ratio_vs_eager"] = r["fps"] / eager
+        if gflops:
+            best = max(r["fps"], r.get("throughput_fps", 0))
+            r["achieved_gflops"] = gflops * best
+            r["roofline_pct"] = 100 * gflops * best / peak
+    return {"resolution": resolution, "threads": threads, "gemm_peak_gflops": round(peak, 1),
+            "gflops_per_frame": gflops, "rows": rows, "paper": paper_comparison(rows, peak, resolution)}
+
+
+def paper_comparison(rows: list[dict], peak: float, resolution: int) -> dict:
+    cores = os.cpu_count() or 1
+    cpu = PAPER["cpu"]
+    best = max((max(r.get("fps", 0), r.get("throughput_fps", 0)) for r in rows if r.get("runtime") != "tensorrt"),
+               default=0)
+    return {"paper_cpu_fps": cpu["fps"], "paper_cpu": cpu["device"], "paper_gpu_fps": PAPER["gpu"]["fps"],
+            "paper_gpu": PAPER["gpu"]["device"], "paper_resolution": cpu["resolution"],
+            "claim_scaled_by_cores": round(cpu["fps"] * cores / cpu["cores"], 1),
+            "claim_scaled_by_gemm_peak": round(cpu["fps"] * peak / cpu["peak_gflops"], 1),
+            "best_measured_fps": round(best, 1), "resolution": resolution,
+            "real_time": best >= REAL_TIME_FPS, "real_time_threshold_fps": REAL_TIME_FPS}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"## Throughput at {report['resolution']}×{report['resolution']}, {report['threads']} threads", "",
+             f"GEMM peak (numpy FP32, 2048²): {report['gemm_peak_gflops']} GFLOP/s; "
+             f"model: {report['gflops_per_frame'] or float('nan'):.2f} GFLOP/frame. Roofline % = achieved FLOP/s "
+             "of the best mode vs that FP32 peak (INT8 kernels can exceed it).", "",
+             "| variant | median ms | p90 ms | p99 ms | FPS (b=batch) | × eager | throughput FPS | roofline % | "
+             "peak RSS MB | cold start s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['name']} | error: {r['error']} |||||||||")
+            continue
+        lines.append(f"| {r['name']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['fps']:.1f} | {r.get('ratio_vs_eager', float('nan')):.2f} | "
+                     f"{r.get('throughput_fps', float('nan')):.1f} | {r.get('roofline_pct', float('nan')):.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} |")
+    p = report["paper"]
+    lines += ["", f"Paper: {p['paper_cpu_fps']} FPS on {p['paper_cpu']} (10 cores), {p['paper_gpu_fps']} FPS on "
+              f"{p['paper_gpu']}, at {p['paper_resolution']}². Scaled to this machine: "
+              f"{p['claim_scaled_by_cores']} FPS by core count, {p['claim_scaled_by_gemm_peak']} FPS by GEMM peak. "
+              f"Best measured here at {p['resolution']}²: {p['best_measured_fps']} FPS — "
+              f"{'real time' if p['real_time'] else 'below real time'} (≥ {p['real_time_threshold_fps']:g} FPS).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        print(json.dumps(bench_one(json.loads(sys.argv[2]))))

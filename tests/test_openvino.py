@@ -1,0 +1,101 @@
+"""OpenVINO IR variants: build, read-back precision, runner modes, parity on held-out real inputs."""
+import numpy as np
+import pytest
+
+from amnet.errors import ArtifactError, InputError
+from benchmarks.metrics import compare
+
+
+@pytest.fixture(scope="module")
+def ov_build(trained, tmp_path_factory):
+    from amnet.checkpoint import save_checkpoint
+    from export.openvino_build import build_openvino
+    from export.pipeline import export_checkpoint
+
+    d = tmp_path_factory.mktemp("ov")
+    ckpt = save_checkpoint(d / "m.safetensors", trained)
+    export_checkpoint(ckpt, d, [1], 128, check_parity=False, progress=False)
+    manifest = build_openvino(d, ["fp32", "fp16", "int8"], d, [1], 128, calib_samples=32, progress=False)
+    return d, {a["precision"]: a for a in manifest["artifacts"] if a["runtime"] == "openvino"}
+
+
+@pytest.fixture(scope="module")
+def heldout_ref(trained):
+    from amnet.realdata import load_inputs
+    from amnet.reference import reference_outputs
+
+    feeds = load_inputs("heldout", 128, 8)
+    return feeds, reference_outputs(trained, feeds)
+
+
+def run(path, feeds, precision, **kw):
+    from runtimes.openvino_runner import OpenVinoRunner
+
+    with OpenVinoRunner(path, threads=2, precision=precision, **kw) as r:
+        outs = [r.infer({k: feeds[k][i:i + 1] for k in ("source", "audio", "pose", "eye")}) for i in range(len(feeds["source"]))]
+        compute = r.compute_precision
+        ops = r.executed_precisions()
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, compute, ops
+
+
+def test_manifest_records_the_precision_that_ran(ov_build):
+    _, arts = ov_build
+    assert arts["fp32"]["actual_precision"]["compute"] == "f32"
+    assert arts["fp16"]["weights"] == "fp16"
+    assert arts["fp16"]["actual_precision"]["compute"] in ("f16", "f32")  # f32 where the CPU has no FP16
+    int8_ops = arts["int8"]["actual_precision"]["ops"]["Convolution"]
+    assert int8_ops.get("i8", 0) + int8_ops.get("u8", 0) > 0  # really quantized
+    assert int8_ops.get("f32", 0) >= 9  # the nine GC convs stay float
+
+
+def test_fp32_ir_parity(ov_build, heldout_ref):
+    d, arts = ov_build
+    feeds, ref = heldout_ref
+    out, compute, _ = run(d / arts["fp32"]["file"], feeds, "fp32")
+    assert compute == "f32"
+    for k in ("face", "landmarks"):
+        assert np.abs(out[k] - ref[k]).max() <= 1e-4, k
+
+
+def test_fp16_weights_fidelity(ov_build, heldout_ref):
+    d, arts = ov_build
+    feeds, ref = heldout_ref
+    out, _, _ = run(d / arts["fp16"]["file"], feeds, "fp16", compute="f32")  # FP16 weights, f32 compute
+    assert compare(ref["face"], out["face"], True)["psnr"] >= 45
+
+
+def test_int8_fidelity(ov_build, heldout_ref):
+    d, arts = ov_build
+    feeds, ref = heldout_ref
+    out, _, _ = run(d / arts["int8"]["file"], feeds, "int8")
+    m = compare(ref["face"], out["face"], True)
+    assert m["psnr"] >= 30 and m["ssim"] >= 0.9, m  # CI bound on 8 samples; the full gate lives in `parity`
+
+
+def test_throughput_mode_matches_latency_mode(ov_build, heldout_ref):
+    from runtimes.openvino_runner import OpenVinoRunner
+
+    d, arts = ov_build
+    feeds, _ = heldout_ref
+    items = [{k: feeds[k][i:i + 1] for k in ("source", "audio", "pose", "eye")} for i in range(4)]
+    with OpenVinoRunner(d / arts["fp32"]["file"], threads=2, mode="throughput", precision="fp32") as tp, \
+            OpenVinoRunner(d / arts["fp32"]["file"], threads=2, precision="fp32", cache_dir=d / "cache") as lat:
+        many = tp.infer_many(items)
+        for item, got in zip(items, many):
+            np.testing.assert_allclose(got["face"], lat.infer(item)["face"], atol=1e-5)
+    assert any((d / "cache").iterdir())  # the compiled-model cache was written
+
+
+def test_bad_ir_and_bad_mode(ov_build, tmp_path):
+    from runtimes.openvino_runner import OpenVinoRunner
+
+    d, arts = ov_build
+    xml = tmp_path / "broken.xml"
+    xml.write_text("<net><layers>")
+    xml.with_suffix(".bin").write_bytes(b"")
+    with pytest.raises(ArtifactError, match="not a readable OpenVINO IR"):
+        OpenVinoRunner(xml)
+    with pytest.raises(ArtifactError, match="needs both"):
+        OpenVinoRunner(tmp_path / "absent.xml")
+    with pytest.raises(InputError, match="mode"):
+        OpenVinoRunner(d / arts["fp32"]["file"], mode="fast")
