@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-columns=median,iqr,ops
+	$(BIN)/python -m pytest benchmarks/test_speed.py -q -p no:cacheprovider --benchmark-only --benchmark-enable --benchmark-columns=median,iqr,ops -o addopts=""
 
 clean:
 	rm -rf $(VENV) reports build *.egg-info
