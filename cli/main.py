@@ -179,6 +179,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from amnet.checkpoint import load_checkpoint
+    from amnet.evaluate import evaluate
+
+    result = evaluate(load_checkpoint(args.checkpoint).require_full(), args.resolution,
+                      Path(args.grid) if args.grid else None)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def cmd_export(args) -> int:
     from export.pipeline import export_checkpoint
 
@@ -265,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="held-out quality: SSIM/PSNR vs the real target, dlib detection rate")
+    _checkpoint_arg(s)
+    s.add_argument("--resolution", type=_resolution, default=128)
+    s.add_argument("--grid", help="write a source | target | generated picture here (PNG)")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export", help="checkpoint → ONNX (grouped GC per batch bucket, or dynamic batch)")
     _checkpoint_arg(s)
