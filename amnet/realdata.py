@@ -55,15 +55,26 @@ def _save_npz(path: Path, **arrays) -> None:
     atomic_write(path, write)
 
 
+def read_clips(path: Path) -> list[Clip]:
+    """A JSON list of {identity, video, speech_train, speech_heldout}; relative paths are from the file's folder."""
+    try:
+        items = json.loads(path.read_text())
+        base = path.parent
+        return [Clip(c["identity"], base / c["video"], base / c["speech_train"], base / c.get("speech_heldout",
+                     c["speech_train"])) for c in items]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: expected a JSON list of {{identity, video, speech_train[, speech_heldout]}} ({e})") from None
+
+
 def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
-          n_calib: int = 64, n_heldout: int = 48, seed: int = 0) -> dict:
+          n_calib: int = 64, n_heldout: int = 48, seed: int = 0, clips: list[Clip] | None = None) -> dict:
     """Extract every clip and write the three sets; returns a summary for SOURCES.md."""
     from amnet.signals import FaceAnalyzer, extract
 
     rng = np.random.default_rng(seed)
     analyzer = FaceAnalyzer()
     train_parts, calib_parts, held_parts, summary = [], [], [], []
-    for ident, clip in enumerate(default_clips(media)):
+    for ident, clip in enumerate(clips or default_clips(media)):
         for p in (clip.video, clip.speech_train, clip.speech_heldout):
             if not p.is_file():
                 raise InputError(f"missing media file {p}: run calibration_data/rebuild.sh")
@@ -79,7 +90,7 @@ def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
         sources = rng.choice(len(tr["face"]), SOURCES_PER_ID, replace=False)
         calib_parts.append((tr, sources))
         held_parts.append((ho, tr["face"][sources]))
-        summary.append({"identity": clip.identity, "video": str(clip.video.relative_to(media)),
+        summary.append({"identity": clip.identity, "video": clip.video.name,
                         "fps": rep_tr["fps"], "frames": n_frames,
                         "train_frames": len(tr["face"]), "heldout_frames": len(ho["face"]),
                         "no_face": rep_tr["no_face"] + rep_ho["no_face"],

@@ -148,10 +148,11 @@ def cmd_signals(args) -> int:
 
 
 def cmd_dataset(args) -> int:
-    from amnet.realdata import build
+    from amnet.realdata import build, read_clips
 
+    clips = read_clips(Path(args.clips)) if args.clips else None
     meta = build(Path(args.media), Path(args.output), Path(args.train_output), args.delta,
-                 args.calib_samples, args.heldout_samples)
+                 args.calib_samples, args.heldout_samples, clips=clips)
     for c in meta["clips"]:
         print(f"  {c['identity']:<26} train {c['train_frames']:>4}  held-out {c['heldout_frames']:>4}  "
               f"no face {len(c['no_face'])}")
@@ -217,7 +218,7 @@ def cmd_build(args) -> int:
     manifest = build_runtime(args.model, args.runtime, args.precision, Path(args.output), batches=args.batch,
                              resolution=args.resolution, calib_samples=args.calib_samples, preset=args.preset,
                              accuracy_control=args.accuracy_control, max_drop=args.max_drop,
-                             progress=not args.quiet)
+                             version_compatible=args.version_compatible, progress=not args.quiet)
     runtime = {"onnxruntime": "onnx"}.get(args.runtime, args.runtime)
     print_artifacts([a for a in manifest["artifacts"] if a.get("runtime", "onnx") == runtime])
     return 0
@@ -255,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("dataset", help="rebuild calibration_data/ (and the training set) from the named packages")
     s.add_argument("--media", default="work/media", help="folder prepared by calibration_data/rebuild.sh")
+    s.add_argument("--clips", help="JSON list of {identity, video, speech_train, speech_heldout} for your own "
+                                   "videos (default: the shipped clips under --media)")
     s.add_argument("--output", default="calibration_data")
     s.add_argument("--train-output", default="work/train.npz")
     s.add_argument("--delta", choices=("official", "time"), default="official")
@@ -309,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NNCF preset (mixed: asymmetric activations; measured +1 dB PSNR here)")
     s.add_argument("--accuracy-control", action="store_true",
                    help="INT8 with nncf.quantize_with_accuracy_control (PSNR metric)")
+    s.add_argument("--version-compatible", action="store_true",
+                   help="TensorRT: build version-compatible engines (run on later TensorRT versions)")
     s.add_argument("--max-drop", type=float, default=15.0,
                    help="accuracy control: max drop of the face PSNR vs FP32, capped at 50 dB "
                         "(15 → keep ≥ 35 dB); layers are reverted to float until it holds")

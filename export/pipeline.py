@@ -40,7 +40,7 @@ def export_checkpoint(checkpoint, out_dir: Path, batches=(1,), resolution: int =
 
 def build_runtime(model, runtime: str, precisions, out_dir: Path, batches=(1,), resolution: int = 256,
                   calib_samples: int = 64, preset: str = "mixed", accuracy_control: bool = False,
-                  max_drop: float = 15.0, progress: bool = True) -> dict:
+                  max_drop: float = 15.0, version_compatible: bool = False, progress: bool = True) -> dict:
     if runtime == "openvino":
         from export.openvino_build import build_openvino
 
@@ -51,7 +51,8 @@ def build_runtime(model, runtime: str, precisions, out_dir: Path, batches=(1,), 
     if runtime == "tensorrt":
         from export.tensorrt_build import build_tensorrt
 
-        return build_tensorrt(Path(model), precisions, out_dir, batches, resolution, calib_samples, progress)
+        return build_tensorrt(Path(model), precisions, out_dir, batches, resolution, calib_samples, progress,
+                              version_compatible)
     raise InputError(f"unknown runtime {runtime!r}")
 
 
