@@ -195,3 +195,10 @@ def parity_feeds(model, resolution: int, limit: int = 8) -> dict[str, np.ndarray
         f_geo, _ = model.fuser(*(torch.from_numpy(feeds[k]) for k in ("audio", "pose", "eye")))
     feeds["f_geo"] = f_geo.numpy()
     return feeds
+
+
+def calibration_batches(model_inputs: list[str], resolution: int, samples: int, batch: int) -> list[dict]:
+    """calibration_data/calib.npz as a list of feed dicts of the model's batch (the remainder is dropped)."""
+    data = load_inputs("calib", resolution, samples)
+    n = len(data["source"]) // batch * batch
+    return [{k: data[k][i:i + batch] for k in model_inputs} for i in range(0, n, batch)]

@@ -48,9 +48,9 @@ class _CalibReader:
     """ORT CalibrationDataReader over calibration_data/calib.npz at the model's batch."""
 
     def __init__(self, names: list[str], resolution: int, batch: int, samples: int):
-        from export.openvino_build import calibration_items
+        from amnet.realdata import calibration_batches
 
-        self.items = iter(calibration_items(names, resolution, samples, batch))
+        self.items = iter(calibration_batches(names, resolution, samples, batch))
 
     def get_next(self):
         return next(self.items, None)

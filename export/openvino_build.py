@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from amnet.checkpoint import file_sha256
 from amnet.errors import InputError, RuntimeMissing
 from export import manifest as mf
+from export.onnx_export import read_metadata
 
 PSNR_CAP = 50.0
 IGNORED_PATTERNS = [r".*gcs\.\d+/.*", r".*/fuser/.*"]
@@ -34,14 +36,6 @@ def _ov():
 
 def ir_name(onnx_file: str, precision: str) -> str:
     return onnx_file.replace(".onnx", f"_ov_{precision}.xml")
-
-
-def calibration_items(model_inputs: list[str], resolution: int, samples: int, batch: int) -> list[dict]:
-    from amnet.realdata import load_inputs
-
-    data = load_inputs("calib", resolution, samples)
-    n = len(data["source"]) // batch * batch
-    return [{k: data[k][i:i + batch] for k in model_inputs} for i in range(0, n, batch)]
 
 
 def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, max_drop: float,
@@ -83,24 +77,23 @@ def build_openvino(model_path: Path, precisions, out_dir: Path, batches=(1,), re
     ov = _ov()
     from tqdm import tqdm
 
-    onnx_files = _onnx_inputs(model_path, out_dir, batches, resolution, progress)
+    from amnet.realdata import calibration_batches
+    from export.pipeline import fp32_onnx_inputs
+
+    onnx_files = fp32_onnx_inputs(model_path, out_dir, batches, resolution, progress)
     artifacts = []
     jobs = [(f, p) for f in onnx_files for p in precisions]
     for onnx_path, precision in tqdm(jobs, desc="openvino", disable=not progress, unit="variant"):
-        meta = _onnx_meta(onnx_path)
+        meta = read_metadata(onnx_path)
         if meta.get("batch") == "dynamic":
             raise InputError(f"{onnx_path.name} has a dynamic batch; OpenVINO builds need a fixed-batch export")
         batch = int(meta["batch"])
         model = ov.convert_model(str(onnx_path))
         if precision == "int8":
             names = [i.get_any_name() for i in model.inputs]
-            items = calibration_items(names, int(meta["resolution"]), calib_samples, batch)
-            validation = None
-            if accuracy_control:
-                from amnet.realdata import load_inputs
-
-                held = load_inputs("heldout", int(meta["resolution"]), 16)
-                validation = [{k: held[k][i:i + batch] for k in names} for i in range(0, 16 - batch + 1, batch)]
+            items = calibration_batches(names, int(meta["resolution"]), calib_samples, batch)
+            # Accuracy control validates on calibration inputs: the held-out split stays for the parity gate.
+            validation = items[-max(1, 16 // batch):] if accuracy_control else None
             model = quantize(model, items, preset, accuracy_control, max_drop, validation, progress)
             meta["calibration"] = json.dumps({"samples": len(items) * batch, "preset": preset,
                                               "accuracy_control": accuracy_control, "max_drop_db": max_drop,
@@ -119,7 +112,7 @@ def build_openvino(model_path: Path, precisions, out_dir: Path, batches=(1,), re
                           "batch": batch, "resolution": int(meta["resolution"]), "precision": precision,
                           "runtime": "openvino", "from": onnx_path.name, "weights": {"fp16": "fp16"}.get(precision,
                           "int8+fp32" if precision == "int8" else "fp32"), "actual_precision": actual,
-                          "sha256": _sha(xml)})
+                          "sha256": file_sha256(xml)})
     return mf.update(out_dir, artifacts, versions=mf.tool_versions("torch", "onnx", "onnxruntime", "openvino", "nncf"))
 
 
@@ -136,36 +129,3 @@ def _save_ir(ov, model, xml: Path, compress_to_fp16: bool) -> None:
         for p in (tmp, tmp.with_suffix(".bin")):
             if p.exists():
                 p.unlink()
-
-
-def _sha(path: Path) -> str:
-    from amnet.checkpoint import file_sha256
-
-    return file_sha256(path)
-
-
-def _onnx_meta(path: Path) -> dict:
-    from export.onnx_export import read_metadata
-
-    return read_metadata(path)
-
-
-def _onnx_inputs(model_path: Path, out_dir: Path, batches, resolution: int, progress: bool) -> list[Path]:
-    """The fixed-batch full-model ONNX files to build from: given, found in an export folder, or exported now."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if model_path.suffix == ".onnx":
-        return [model_path]
-    if model_path.is_dir():
-        arts = mf.read(model_path)["artifacts"]
-        files = [model_path / a["file"] for a in arts if a["part"] == "full" and a.get("runtime", "onnx") == "onnx"
-                 and a.get("precision", "fp32") == "fp32" and a["batch"] is not None
-                 and a.get("resolution") == resolution and a["batch"] in batches]
-        if not files:
-            raise InputError(f"{model_path} holds no fp32 full-model ONNX at {resolution}² for batch {batches}: "
-                             "run `amnet-deploy export` first")
-        return files
-    from export.pipeline import export_checkpoint
-
-    manifest = export_checkpoint(model_path, out_dir, batches, resolution, progress=progress)
-    return [out_dir / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["batch"] in batches
-            and a.get("runtime", "onnx") == "onnx" and a.get("resolution") == resolution]

@@ -63,11 +63,10 @@ def build_onnx_precisions(model_path: Path, precisions, out_dir: Path, batches=(
 
     from amnet.checkpoint import file_sha256
     from export.onnx_export import read_metadata
-    from export.openvino_build import _onnx_inputs
     from export.tensorrt_build import precision_onnx
 
     artifacts = []
-    onnx_files = _onnx_inputs(model_path, out_dir, batches, resolution, progress)
+    onnx_files = fp32_onnx_inputs(model_path, out_dir, batches, resolution, progress)
     jobs = [(f, p) for f in onnx_files for p in precisions if p != "fp32"]
     for fp32, precision in tqdm(jobs, desc="onnx precision", disable=not progress, unit="file"):
         meta = read_metadata(fp32)
@@ -76,3 +75,22 @@ def build_onnx_precisions(model_path: Path, precisions, out_dir: Path, batches=(
                           "resolution": int(meta["resolution"]), "precision": precision, "runtime": "onnx",
                           "from": fp32.name, "sha256": file_sha256(path)})
     return mf.update(out_dir, artifacts)
+
+
+def fp32_onnx_inputs(model_path: Path, out_dir: Path, batches, resolution: int, progress: bool) -> list[Path]:
+    """The fixed-batch full-model ONNX files to build from: given, found in an export folder, or exported now."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if model_path.suffix == ".onnx":
+        return [model_path]
+    if model_path.is_dir():
+        arts = mf.read(model_path)["artifacts"]
+        files = [model_path / a["file"] for a in arts if a["part"] == "full" and a.get("runtime", "onnx") == "onnx"
+                 and a.get("precision", "fp32") == "fp32" and a["batch"] is not None
+                 and a.get("resolution") == resolution and a["batch"] in batches]
+        if not files:
+            raise InputError(f"{model_path} holds no fp32 full-model ONNX at {resolution}² for batch {batches}: "
+                             "run `amnet-deploy export` first")
+        return files
+    manifest = export_checkpoint(model_path, out_dir, batches, resolution, progress=progress)
+    return [out_dir / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["batch"] in batches
+            and a.get("runtime", "onnx") == "onnx" and a.get("resolution") == resolution]

@@ -112,10 +112,10 @@ def build_tensorrt(model_path: Path, precisions, out_dir: Path, batches=(1,), re
     from tqdm import tqdm
 
     from export.onnx_export import read_metadata
-    from export.openvino_build import _onnx_inputs
+    from export.pipeline import fp32_onnx_inputs
 
     artifacts = []
-    onnx_files = _onnx_inputs(model_path, out_dir, batches, resolution, progress)
+    onnx_files = fp32_onnx_inputs(model_path, out_dir, batches, resolution, progress)
     for fp32 in tqdm(onnx_files, desc="tensorrt", disable=not progress, unit="bucket"):
         meta = read_metadata(fp32)
         for precision in precisions:
