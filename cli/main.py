@@ -80,7 +80,7 @@ def cmd_infer(args) -> int:
     from cli.open import open_runner
 
     feeds = load_npz(args.inputs)
-    if args.resolution:
+    if args.resolution and "source" in feeds:
         from amnet.realdata import resize_source
 
         feeds["source"] = resize_source(feeds["source"], args.resolution)
