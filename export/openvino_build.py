@@ -73,7 +73,7 @@ def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, m
 
 def build_openvino(model_path: Path, precisions, out_dir: Path, batches=(1,), resolution: int = 256,
                    calib_samples: int = 64, preset: str = "mixed", accuracy_control: bool = False,
-                   max_drop: float = 8.0, progress: bool = True) -> dict:
+                   max_drop: float = 6.0, progress: bool = True) -> dict:
     ov = _ov()
     from tqdm import tqdm
 

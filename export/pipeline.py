@@ -40,7 +40,7 @@ def export_checkpoint(checkpoint, out_dir: Path, batches=(1,), resolution: int =
 
 def build_runtime(model, runtime: str, precisions, out_dir: Path, batches=(1,), resolution: int = 256,
                   calib_samples: int = 64, preset: str = "mixed", accuracy_control: bool = False,
-                  max_drop: float = 8.0, version_compatible: bool = False, progress: bool = True) -> dict:
+                  max_drop: float = 6.0, version_compatible: bool = False, progress: bool = True) -> dict:
     if runtime == "openvino":
         from export.openvino_build import build_openvino
 
