@@ -252,7 +252,7 @@ def cmd_pipeline(args) -> int:
         results[r] = result
         sections.append(text)
     minutes = (time.time() - t0) / 60
-    head = [f"# amnet-deploy report", "", f"Model: `{info['path']}` ({info['format']}, sha256 {info['sha256'][:12]}…), "
+    head = ["# amnet-deploy report", "", f"Model: `{info['path']}` ({info['format']}, sha256 {info['sha256'][:12]}…), "
             f"parameters {info['parameters']}.", f"Generated in {minutes:.1f} min on {results[args.resolutions[0]]['machine']['cpu']}.", ""]
     report = "\n".join(head) + "\n".join(sections)
     atomic_write(out / "report.md", lambda t: Path(t).write_text(report))
@@ -275,7 +275,7 @@ def add_commands(sub, checkpoint_arg, resolution_type) -> None:
         s.add_argument("--inputs", help="npz with source/audio/pose/eye (default: held-out real inputs)")
         s.add_argument("--samples", type=int, default=24, help="held-out samples to use")
         s.add_argument("--reference", help="npz of reference outputs saved earlier (no torch needed)")
-        s.add_argument("--thresholds", help=f"thresholds JSON (default benchmarks/thresholds.json)")
+        s.add_argument("--thresholds", help="thresholds JSON (default benchmarks/thresholds.json)")
         s.add_argument("--threshold", action="append", metavar="PREC.OUT.METRIC_min=V",
                        help="override one limit, e.g. int8.face.psnr_min=30 (repeatable)")
         s.add_argument("--only", help="comma-separated substrings of variant names to include")

@@ -18,16 +18,6 @@ import numpy as np
 
 from amnet.errors import InputError
 
-# The model's named inputs, their per-sample shapes (None = resolution dependent).
-MODEL_INPUTS = {
-    "source": (3, None, None),
-    "audio": (1, 64, 60),
-    "pose": (3,),
-    "eye": (2,),
-    "f_geo": (256,),
-}
-
-
 @dataclass
 class TensorSpec:
     name: str

@@ -9,7 +9,7 @@ import torch
 
 from amnet.checkpoint import OFFICIAL_MAP, load_checkpoint, save_checkpoint
 from amnet.errors import CheckpointError
-from amnet.model import AMNet, AMNetConfig
+from amnet.model import AMNet
 from tests.conftest import ROOT, random_inputs
 
 
