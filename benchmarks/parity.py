@@ -53,12 +53,8 @@ def collect_variants(build_dir: Path, resolution: int | None = None) -> list[Var
 
 
 def open_variant(v: Variant, threads: int | None = None):
-    from cli.open import open_runner
+    from cli.open import open_runner  # dispatches .onnx / .xml / .engine
 
-    if v.runtime == "tensorrt":
-        from runtimes.tensorrt_runner import TensorRTRunner
-
-        return TensorRTRunner(v.path)
     return open_runner(v.path, threads=threads, **({"precision": v.precision} if v.runtime == "openvino" else {}))
 
 

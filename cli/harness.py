@@ -56,12 +56,19 @@ def parse_overrides(items) -> dict:
     return out
 
 
-def run_parity(args, resolution: int, out_dir: Path) -> dict:
-    from benchmarks.parity import collect_variants, evaluate, load_thresholds, write_reports
+def selected_variants(args, resolution: int) -> list:
+    from benchmarks.parity import collect_variants
 
     variants = collect_variants(Path(args.build), resolution)
     if args.only:
         variants = [v for v in variants if any(o in v.name for o in args.only.split(","))]
+    return variants
+
+
+def run_parity(args, resolution: int, out_dir: Path) -> dict:
+    from benchmarks.parity import evaluate, load_thresholds, write_reports
+
+    variants = selected_variants(args, resolution)
     if not variants:
         raise InputError(f"no variant at {resolution}² in {args.build}")
     feeds, inputs_desc = _inputs(args, resolution)
@@ -91,11 +98,8 @@ def cmd_parity(args) -> int:
 
 def run_bench(args, resolution: int) -> dict:
     from benchmarks.bench import bench
-    from benchmarks.parity import collect_variants
 
-    variants = collect_variants(Path(args.build), resolution)
-    if args.only:
-        variants = [v for v in variants if any(o in v.name for o in args.only.split(","))]
+    variants = selected_variants(args, resolution)
     gflops = None
     checkpoint = args.checkpoint if Path(args.checkpoint).is_file() else None
     if checkpoint:

@@ -24,7 +24,7 @@ from pathlib import Path
 import onnx
 
 from amnet.errors import RuntimeMissing
-from export.onnx_export import save_onnx, set_metadata
+from export.onnx_export import set_metadata
 
 # Node names of the GC path, the fuser, and the two image-facing convs (first encoder conv, last decoder
 # conv: 2 % of the FLOPs, +1.7 dB PSNR at 256² when kept float), as the TorchScript exporter writes them.
@@ -82,7 +82,3 @@ def to_int8_qdq(onnx_path: Path, resolution: int, batch: int, samples: int = 64)
                        "quantization": "QDQ symmetric int8, per-channel weights, percentile 99.99 calibration",
                        "fp32_kept": "GC path, fuser, first and last conv"})
     return qdq
-
-
-def write_variant(proto: onnx.ModelProto, path: Path) -> str:
-    return save_onnx(proto, path)

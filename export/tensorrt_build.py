@@ -90,15 +90,16 @@ def precision_onnx(fp32_onnx: Path, precision: str, out_dir: Path, resolution: i
     """The FP16 or Q/DQ INT8 ONNX TensorRT builds from (fp32: the export itself)."""
     import onnx
 
-    from export.onnx_precision import to_fp16, to_int8_qdq, write_variant
+    from export.onnx_export import save_onnx
+    from export.onnx_precision import to_fp16, to_int8_qdq
 
     if precision == "fp32":
         return fp32_onnx
     target = out_dir / fp32_onnx.name.replace(".onnx", f"_{precision}.onnx")
     if precision == "fp16":
-        write_variant(to_fp16(onnx.load(str(fp32_onnx))), target)
+        save_onnx(to_fp16(onnx.load(str(fp32_onnx))), target)
     elif precision == "int8":
-        write_variant(to_int8_qdq(fp32_onnx, resolution, batch, calib_samples), target)
+        save_onnx(to_int8_qdq(fp32_onnx, resolution, batch, calib_samples), target)
     else:
         raise InputError(f"unknown precision {precision!r}")
     return target
