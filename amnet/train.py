@@ -31,6 +31,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop cleanly after this much wall time
     seed: int = 0
     threads: int | None = None
+    decay_from: int | None = None  # epoch after which the lr falls linearly to 0 at `epochs` (pix2pix)
 
 
 class PairSampler:
@@ -58,6 +59,13 @@ class PairSampler:
             src = np.array([self.rng.choice(self.by_id[self.identity[i]]) for i in idx])
             yield (self.faces[src], self.audio[idx], self.pose[idx], self.eye[idx],
                    self.faces[idx], self.landmarks[idx])
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """Constant, then (from ``decay_from``) linear decay to zero at the last epoch."""
+    if cfg.decay_from is None or epoch < cfg.decay_from:
+        return cfg.lr
+    return cfg.lr * (cfg.epochs - epoch) / max(cfg.epochs - cfg.decay_from, 1)
 
 
 def adversarial_step(G: AMNet, D: Discriminator, opt_g, opt_d, batch) -> dict:
@@ -111,6 +119,8 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
     t0 = time.time() - elapsed
     stop = False
     for epoch in range(start_epoch, cfg.epochs):
+        for group in (*opt_g.param_groups, *opt_d.param_groups):
+            group["lr"] = learning_rate(cfg, epoch)
         bar = tqdm(sampler.batches(cfg.batch), total=len(sampler) // cfg.batch, disable=not progress,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
         sums: dict[str, float] = {}
@@ -126,6 +136,7 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
                 stop = True
                 break
         history.append({"epoch": epoch + 1, "step": step, "minutes": round((time.time() - t0) / 60, 2),
+                        "lr": learning_rate(cfg, epoch),
                         **{k: round(v / max(n, 1), 5) for k, v in sums.items()}})
         G.config.extra = {"steps": step, "epochs": epoch + 1, "train_resolution": cfg.resolution,
                           "batch": cfg.batch, "wall_minutes": history[-1]["minutes"], "final_losses": history[-1]}

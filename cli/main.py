@@ -173,7 +173,8 @@ def cmd_train(args) -> int:
     cfg = AMNetConfig(kernel=args.kernel, landmarks=int(data["landmarks"].shape[1]), resolution=args.resolution,
                       audio_delta=str(data["audio_delta"]) if "audio_delta" in data else args.delta)
     result = train({k: np.asarray(v) for k, v in data.items()}, Path(args.output), cfg,
-                   TrainConfig(args.epochs, args.batch, args.lr, args.resolution, args.minutes, threads=args.threads),
+                   TrainConfig(args.epochs, args.batch, args.lr, args.resolution, args.minutes, threads=args.threads,
+                               decay_from=args.decay_from),
                    resume=args.resume)
     last = result["history"][-1] if result["history"] else {}
     print(f"{result['steps']} steps; last epoch {json.dumps(last)} → {result['checkpoint']}")
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=_resolution, default=256)
     s.add_argument("--kernel", type=int, choices=(1, 3), default=1, help="GC kernel size")
     s.add_argument("--delta", choices=("official", "time"), default="official")
+    s.add_argument("--decay-from", type=int, metavar="EPOCH",
+                   help="from this epoch on, decay the learning rate linearly to 0 at --epochs (pix2pix schedule)")
     s.add_argument("--minutes", type=float, help="stop after this much wall time (checkpoint kept)")
     s.add_argument("--threads", type=int)
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")

@@ -86,3 +86,19 @@ def test_unreadable_inputs_are_clear_errors(tmp_path, face_video):
     (tmp_path / "bad.wav").write_bytes(b"RIFF....")
     with pytest.raises(InputError, match="cannot read audio"):
         extract(video, tmp_path / "bad.wav", progress=False)
+
+
+@needs_dlib
+def test_dithered_landmark_shift_sees_motion_not_rounding():
+    """The parity gate's landmark metric: ~0 for an invisible change, ≈ the true shift for a moved face."""
+    from amnet.realdata import load_inputs
+    from benchmarks.parity import face_checks
+
+    faces = load_inputs("heldout", 256, 4)["target"]
+    rng = np.random.default_rng(0)
+    tiny = (faces + rng.uniform(-2e-3, 2e-3, faces.shape)).astype(np.float32)  # ≈ ¼ grey level
+    moved = np.roll(faces, 3, axis=-1)  # every face 3 px to the right
+    same, shifted = face_checks(faces, tiny), face_checks(faces, moved)
+    assert same["detected_where_reference_detected"] == 1.0
+    assert same["landmark_shift_px"] < 0.6
+    assert 2.0 < shifted["landmark_shift_px"] < 4.0
