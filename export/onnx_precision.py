@@ -7,10 +7,10 @@ precision comes from the network itself. So:
   InstanceNormalization and the GC path (its Conv and predictor MLPs) stay
   float32: InstanceNorm in FP16 loses precision over large spatial sums (and has
   had ORT correctness bugs), and the GC weights drive every channel.
-- INT8: Q/DQ nodes, symmetric int8, per-channel weights, calibrated on
-  calibration_data/calib.npz (99.99th-percentile ranges); the GC path, the fuser and the two
-  image-facing convs (first and last) are excluded (a GC
-  weight is an activation: per-tensor quantized it costs several % error).
+- INT8: Q/DQ nodes on Conv/ConvTranspose inputs, symmetric int8, per-channel
+  weights, calibrated on calibration_data/calib.npz (99.99th-percentile ranges);
+  what `export.int8_scope` lists stays float (the GC path, the fuser, the convs
+  that read a GC output, the last conv).
 
 Both are checked on the CPU in ONNX Runtime against the FP32 PyTorch
 reference before TensorRT ever sees them.
@@ -24,15 +24,16 @@ from pathlib import Path
 import onnx
 
 from amnet.errors import RuntimeMissing
+from export.int8_scope import FLOAT_NODES, describe
 from export.onnx_export import set_metadata
 
-# Node names of the GC path, the fuser, and the two image-facing convs (first encoder conv, last decoder
-# conv: 2 % of the FLOPs, +1.7 dB PSNR at 256² when kept float), as the TorchScript exporter writes them.
-KEEP_FP32 = re.compile(r"(/gcs\.\d+/|/fuser/|/encoder/encoder\.0/|/decoder/decoder\.6/)")
+# FP16 keeps the GC path, the fuser and the two image-facing convs (first encoder conv, last decoder conv)
+# in float32, as the TorchScript exporter names them.
+FP16_KEEP = re.compile(r"(/gcs\.\d+/|/fuser/|/encoder/encoder\.0/|/decoder/decoder\.6/)")
 
 
-def kept_nodes(proto: onnx.ModelProto) -> list[str]:
-    return [n.name for n in proto.graph.node if KEEP_FP32.search(n.name)]
+def kept_nodes(proto: onnx.ModelProto, rule: re.Pattern = FP16_KEEP) -> list[str]:
+    return [n.name for n in proto.graph.node if rule.search(n.name)]
 
 
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -71,7 +72,7 @@ def to_int8_qdq(onnx_path: Path, resolution: int, batch: int, samples: int = 64)
             str(onnx_path), str(out), _CalibReader(names, resolution, batch, samples),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             per_channel=True, calibrate_method=CalibrationMethod.Percentile,
-            nodes_to_exclude=kept_nodes(proto), op_types_to_quantize=["Conv", "ConvTranspose"],
+            nodes_to_exclude=kept_nodes(proto, FLOAT_NODES), op_types_to_quantize=["Conv", "ConvTranspose"],
             # Percentile 99.99 clips rare activation outliers: +2.8 dB PSNR over MinMax on held-out faces.
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.99,
                            # TensorRT wants Q/DQ on weights too (explicit quantization), not folded int8 initializers.
@@ -80,5 +81,5 @@ def to_int8_qdq(onnx_path: Path, resolution: int, batch: int, samples: int = 64)
         qdq = onnx.load(str(out))
     set_metadata(qdq, {"precision": "int8", "calibration_samples": str(samples),
                        "quantization": "QDQ symmetric int8, per-channel weights, percentile 99.99 calibration",
-                       "fp32_kept": "GC path, fuser, first and last conv"})
+                       "fp32_kept": describe()})
     return qdq

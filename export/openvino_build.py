@@ -6,10 +6,9 @@ has a fixed batch (the grouped GC needs a known weight shape on the CPU
 plugin), and building from it needs no torch. NNCF runs on the OpenVINO
 model, not on the ONNX one (NNCF's ONNX backend fails on the batch-folded GC).
 
-INT8 keeps GC and its weight/bias predictor MLPs (``gcs.*``), the fuser, and the
-two image-facing convs (first encoder conv, last decoder conv; 2 % of the FLOPs)
-out of INT8: the GC weight is an activation, which the CPU plugin would run in f32
-behind a FakeQuantize anyway (more error, no speed-up).
+INT8 keeps out what `export.int8_scope` lists (the GC path, the fuser, the convs
+that read a GC output, the last conv, and the residual Add / InstanceNorm
+inputs): per-sample per-channel GC scales do not survive one per-tensor scale.
 """
 from __future__ import annotations
 
@@ -21,10 +20,10 @@ import numpy as np
 from amnet.checkpoint import file_sha256
 from amnet.errors import InputError, RuntimeMissing
 from export import manifest as mf
+from export.int8_scope import FLOAT_OP_TYPES, describe, nncf_patterns
 from export.onnx_export import read_metadata
 
 PSNR_CAP = 50.0
-IGNORED_PATTERNS = [r".*gcs\.\d+/.*", r".*/fuser/.*", r".*/encoder/encoder\.0/.*", r".*/decoder/decoder\.6/.*"]
 
 
 def _ov():
@@ -49,7 +48,7 @@ def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, m
 
     nncf.set_log_level(logging.ERROR)  # its INFO lines list every ignored node
     dataset = nncf.Dataset(items)
-    ignored = nncf.IgnoredScope(patterns=IGNORED_PATTERNS, validate=False)
+    ignored = nncf.IgnoredScope(patterns=nncf_patterns(), types=list(FLOAT_OP_TYPES), validate=False)
     preset_enum = nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
     if not accuracy_control:
         return nncf.quantize(ov_model, dataset, preset=preset_enum, subset_size=len(items), ignored_scope=ignored,
@@ -98,7 +97,7 @@ def build_openvino(model_path: Path, precisions, out_dir: Path, batches=(1,), re
             model = quantize(model, items, preset, accuracy_control, max_drop, validation, progress)
             meta["calibration"] = json.dumps({"samples": len(items) * batch, "preset": preset,
                                               "accuracy_control": accuracy_control, "max_drop_db": max_drop,
-                                              "ignored": IGNORED_PATTERNS})
+                                              "kept_float": describe()})
         meta["precision"] = precision
         for k, v in meta.items():
             model.set_rt_info(str(v), k)

@@ -69,9 +69,24 @@ def test_int8_fidelity(ov_build, heldout_ref):
     feeds, ref = heldout_ref
     out, _, _ = run(d / arts["int8"]["file"], feeds, "int8")
     m = compare(ref["face"], out["face"], True)
-    # Plain PTQ: a CI floor on 8 samples. It misses the issue's SSIM ≥ 0.97 (measured 0.87-0.93);
-    # the accuracy-controlled build below is what `make run` ships and what meets it.
-    assert m["psnr"] >= 30 and m["ssim"] >= 0.8, m
+    # The issue's INT8 bars, on 8 held-out samples at 128².
+    assert m["psnr"] >= 32 and m["ssim"] >= 0.97, m
+
+
+def test_int8_keeps_gc_readers_add_and_instancenorm_float(ov_build):
+    """No FakeQuantize in front of a GC conv, a conv reading a GC output, a residual Add or an MVN."""
+    import openvino as ov
+
+    from export.int8_scope import FLOAT_NODES
+
+    d, arts = ov_build
+    model = ov.Core().read_model(str(d / arts["int8"]["file"]))
+    quantized = {t.get_node().get_friendly_name(): t.get_node().get_type_name()
+                 for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+                 for t in op.output(0).get_target_inputs()}
+    assert not {n for n, kind in quantized.items() if kind in ("Add", "MVN") or FLOAT_NODES.search(n)}
+    # ...while the heavy second conv of every residual cell is INT8.
+    assert all(any(f"/cells.{i}/body/body.3/" in n for n in quantized) for i in range(1, 5))
 
 
 def test_throughput_mode_matches_latency_mode(ov_build, heldout_ref):

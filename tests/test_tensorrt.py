@@ -64,7 +64,12 @@ def test_int8_qdq_onnx_is_symmetric_per_channel_and_excludes_gc(fp32_onnx, heldo
     assert zero_points and all((z == 0).all() and z.dtype == np.int8 for z in zero_points)  # symmetric int8
     dq_axes = [a.i for n in proto.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
     assert dq_axes, "no per-channel weight scales"
-    consumers = {i for n in proto.graph.node if "/gcs." in n.name or "/fuser/" in n.name for i in n.input}
+    from export.int8_scope import FLOAT_NODES
+
+    # GC path, fuser and the GC-reading convs (e.g. cells.2's first conv) see no dequantized input.
+    assert any(FLOAT_NODES.search(n.name) and n.op_type == "Conv" and "/cells.2/body/body.0/" in n.name
+               for n in proto.graph.node)
+    consumers = {i for n in proto.graph.node if FLOAT_NODES.search(n.name) for i in n.input}
     producers = {n.output[0]: n for n in proto.graph.node}
     assert not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in consumers)
     feeds, ref = heldout
