@@ -31,13 +31,28 @@ class TrainConfig:
     max_minutes: float | None = None  # stop cleanly after this much wall time
     seed: int = 0
     threads: int | None = None
+    flip: bool = False  # mirror half the pairs (images, yaw/roll, eyes, landmarks)
     decay_from: int | None = None  # epoch after which the lr falls linearly to 0 at `epochs` (pix2pix)
+
+
+# dlib's 68 points under a left-right mirror: jaw, brows, nose, eyes, mouth each reversed about the midline.
+MIRROR_68 = (list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
+             + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]
+             + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65])
+
+
+def mirror(source, pose, eye, target, landmarks):
+    """The same pair seen in a mirror: yaw and roll change sign, the eyes swap, the landmarks reflect."""
+    pts = landmarks.reshape(len(landmarks), -1, 2)[:, MIRROR_68].clone()
+    pts[..., 0] = 255 / 256 - pts[..., 0]  # x in crop pixels / 256
+    return (source.flip(-1), pose * pose.new_tensor([-1.0, 1.0, -1.0]), eye.flip(-1), target.flip(-1),
+            pts.reshape(len(landmarks), -1))
 
 
 class PairSampler:
     """Drive frame i with a random other frame of the same identity as its source."""
 
-    def __init__(self, data: dict[str, np.ndarray], resolution: int, seed: int = 0):
+    def __init__(self, data: dict[str, np.ndarray], resolution: int, seed: int = 0, flip: bool = False):
         from amnet.realdata import to_float
 
         self.faces = torch.from_numpy(to_float(data["face"], resolution))
@@ -48,6 +63,7 @@ class PairSampler:
         self.identity = np.asarray(data["identity"])
         self.by_id = {i: np.flatnonzero(self.identity == i) for i in np.unique(self.identity)}
         self.rng = np.random.default_rng(seed)
+        self.flip = flip and self.landmarks.shape[1] == 136  # the mirror map is dlib's 68-point layout
 
     def __len__(self):
         return len(self.faces)
@@ -57,8 +73,15 @@ class PairSampler:
         for s in range(0, len(order) - batch + 1, batch):
             idx = order[s:s + batch]
             src = np.array([self.rng.choice(self.by_id[self.identity[i]]) for i in idx])
-            yield (self.faces[src], self.audio[idx], self.pose[idx], self.eye[idx],
-                   self.faces[idx], self.landmarks[idx])
+            source, pose, eye = self.faces[src], self.pose[idx], self.eye[idx]
+            target, landmarks = self.faces[idx], self.landmarks[idx]
+            if self.flip:
+                m = torch.from_numpy(self.rng.random(len(idx)) < 0.5)
+                if m.any():
+                    flipped = mirror(source[m], pose[m], eye[m], target[m], landmarks[m])
+                    source, pose, eye, target, landmarks = (t.clone() for t in (source, pose, eye, target, landmarks))
+                    source[m], pose[m], eye[m], target[m], landmarks[m] = flipped
+            yield source, self.audio[idx], pose, eye, target, landmarks
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
@@ -114,7 +137,7 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
         opt_d.load_state_dict(state["opt_d"])
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
         history = json.loads(state["history"])
-    sampler = PairSampler(data, cfg.resolution, cfg.seed + start_epoch)
+    sampler = PairSampler(data, cfg.resolution, cfg.seed + start_epoch, cfg.flip)
     G.train(), D.train()
     t0 = time.time() - elapsed
     stop = False

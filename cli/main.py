@@ -174,7 +174,7 @@ def cmd_train(args) -> int:
                       audio_delta=str(data["audio_delta"]) if "audio_delta" in data else args.delta)
     result = train({k: np.asarray(v) for k, v in data.items()}, Path(args.output), cfg,
                    TrainConfig(args.epochs, args.batch, args.lr, args.resolution, args.minutes, threads=args.threads,
-                               decay_from=args.decay_from),
+                               decay_from=args.decay_from, flip=args.flip),
                    resume=args.resume)
     last = result["history"][-1] if result["history"] else {}
     print(f"{result['steps']} steps; last epoch {json.dumps(last)} → {result['checkpoint']}")
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--delta", choices=("official", "time"), default="official")
     s.add_argument("--decay-from", type=int, metavar="EPOCH",
                    help="from this epoch on, decay the learning rate linearly to 0 at --epochs (pix2pix schedule)")
+    s.add_argument("--flip", action="store_true",
+                   help="mirror half the pairs (image, yaw/roll, eyes, 68 landmarks): more poses from few videos")
     s.add_argument("--minutes", type=float, help="stop after this much wall time (checkpoint kept)")
     s.add_argument("--threads", type=int)
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")

@@ -43,3 +43,39 @@ def test_checkpoint_every_epoch_and_resume(tmp_path):
     assert loaded.discriminator is not None and loaded.config.extra["steps"] == 2
     r2 = train(tiny_data(), tmp_path, cfg, TrainConfig(epochs=2, batch=4, resolution=32), resume=True, progress=False)
     assert r2["steps"] == 4 and [h["epoch"] for h in r2["history"]] == [1, 2]
+
+
+def test_mirror_is_a_consistent_involution():
+    """Flipping twice is the identity; once, yaw/roll negate, eyes swap, and the landmarks follow the image."""
+    from amnet.realdata import load_inputs
+    from amnet.signals import head_pose
+    from amnet.train import mirror
+
+    d = np.load("calibration_data/heldout.npz")
+    lm = torch.from_numpy(d["landmarks"][:4].astype(np.float32))
+    x = load_inputs("heldout", 64, 4)
+    batch = (torch.from_numpy(x["source"]), torch.from_numpy(x["pose"]), torch.from_numpy(x["eye"]),
+             torch.from_numpy(x["source"]), lm)
+    once = mirror(*batch)
+    for a, b in zip(mirror(*once), batch):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    torch.testing.assert_close(once[2], batch[2].flip(-1))
+    # Pose recomputed from the mirrored landmarks: yaw and roll change sign, pitch stays.
+    for i in range(4):
+        p, q = (head_pose(t[i].reshape(68, 2).numpy() * 256, (256, 256, 3)) for t in (lm, once[4]))
+        np.testing.assert_allclose(q, p * np.array([-1, 1, -1]), atol=0.03)
+
+
+def test_flip_sampler_mirrors_about_half_the_pairs():
+    data = tiny_data(n=64)
+    data["face"][:] = np.arange(32)[None, None, :, None].astype(np.uint8)  # a left→right ramp
+    data["audio"][:, 0, 0] = np.arange(64)  # tags each row with its frame index
+    s = PairSampler(data, 32, seed=1, flip=True)
+    source, audio, pose, _, target, _ = next(s.batches(64))
+    idx = audio[:, 0, 0, 0].long().numpy()
+    flipped = target[:, 0, 0, 0] > target[:, 0, 0, -1]  # the ramp now falls
+    assert 16 < int(flipped.sum()) < 48
+    assert torch.equal(source[:, :, :, 0] > source[:, :, :, -1], target[:, :, :, 0] > target[:, :, :, -1])
+    sign = np.where(flipped.numpy(), -1.0, 1.0)
+    np.testing.assert_allclose(pose[:, 0].numpy(), sign * data["pose"][idx, 0], rtol=1e-6)
+    np.testing.assert_allclose(pose[:, 1].numpy(), data["pose"][idx, 1], rtol=1e-6)
