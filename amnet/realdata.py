@@ -172,6 +172,12 @@ def load_inputs(name: str = "heldout", resolution: int = 256, limit: int | None 
     return out
 
 
+def heldout_identity(limit: int | None = None, directory: Path | None = None) -> np.ndarray:
+    """Which person each held-out sample shows (the index order of calibration_data/manifest.json)."""
+    with np.load((directory or default_dir()) / "heldout.npz") as z:
+        return z["identity"][:limit]
+
+
 def resize_source(source: np.ndarray, resolution: int) -> np.ndarray:
     """float N×3×H×W in [-1, 1] → N×3×R×R."""
     import cv2

@@ -9,11 +9,12 @@ def psnr(ref: np.ndarray, test: np.ndarray, data_range: float = 2.0) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(data_range ** 2 / mse)
 
 
-def ssim(ref: np.ndarray, test: np.ndarray, data_range: float = 2.0) -> float:
-    """Mean SSIM (Wang et al. 2004: Gaussian window σ = 1.5, K1 0.01, K2 0.03) over images and channels."""
+def ssim_per_image(ref: np.ndarray, test: np.ndarray, data_range: float = 2.0) -> np.ndarray:
+    """SSIM (Wang et al. 2004: Gaussian window σ = 1.5, K1 0.01, K2 0.03) of each image, mean over channels."""
     from scipy.ndimage import gaussian_filter
 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ref, test = np.broadcast_arrays(ref, test)
     x = ref.astype(np.float64).reshape(-1, *ref.shape[-2:])
     y = test.astype(np.float64).reshape(-1, *test.shape[-2:])
 
@@ -23,7 +24,13 @@ def ssim(ref: np.ndarray, test: np.ndarray, data_range: float = 2.0) -> float:
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return float(s[:, 5:-5, 5:-5].mean())  # skip the border, where the window is truncated
+    per_plane = s[:, 5:-5, 5:-5].mean(axis=(1, 2))  # skip the border, where the window is truncated
+    return per_plane.reshape(ref.shape[:-2]).reshape(len(ref), -1).mean(axis=1) if ref.ndim == 4 else per_plane
+
+
+def ssim(ref: np.ndarray, test: np.ndarray, data_range: float = 2.0) -> float:
+    """Mean SSIM over images and channels."""
+    return float(ssim_per_image(ref, test, data_range).mean())
 
 
 def cosine(ref: np.ndarray, test: np.ndarray) -> float:

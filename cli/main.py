@@ -185,8 +185,11 @@ def cmd_evaluate(args) -> int:
     from amnet.checkpoint import load_checkpoint
     from amnet.evaluate import evaluate
 
+    train = Path(args.train) if args.train else None
+    if train is not None and not train.is_file():
+        raise InputError(f"{train} not found: build it with `amnet-deploy dataset` (or calibration_data/rebuild.sh)")
     result = evaluate(load_checkpoint(args.checkpoint).require_full(), args.resolution,
-                      Path(args.grid) if args.grid else None)
+                      Path(args.grid) if args.grid else None, train)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -288,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_arg(s)
     s.add_argument("--resolution", type=_resolution, default=128)
     s.add_argument("--grid", help="write a source | target | generated picture here (PNG)")
+    s.add_argument("--train", help="training npz: also report the retrieval ceiling (each held-out target's "
+                                   "best SSIM against the same person's training frames)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export", help="checkpoint → ONNX (grouped GC per batch bucket, or dynamic batch)")
