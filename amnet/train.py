@@ -63,7 +63,11 @@ class PairSampler:
         self.identity = np.asarray(data["identity"])
         self.by_id = {i: np.flatnonzero(self.identity == i) for i in np.unique(self.identity)}
         self.rng = np.random.default_rng(seed)
-        self.flip = flip and self.landmarks.shape[1] == 136  # the mirror map is dlib's 68-point layout
+        if flip and self.landmarks.shape[1] != 136:
+            from amnet.errors import InputError
+
+            raise InputError(f"--flip mirrors dlib's 68 landmarks (136 values); this set has {self.landmarks.shape[1]}")
+        self.flip = flip
 
     def __len__(self):
         return len(self.faces)

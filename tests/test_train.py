@@ -99,3 +99,14 @@ def test_evaluate_reports_per_identity_and_retrieval_ceiling(trained, tmp_path):
     assert 0.4 < r["ssim_generated_vs_target"] < r["ssim_retrieval_ceiling"]["mean"]
     assert r["dlib_detection_rate_generated"] >= 0.9
     assert (tmp_path / "grid.png").stat().st_size > 10_000
+
+
+def test_flip_refuses_landmarks_it_cannot_mirror():
+    import pytest
+
+    from amnet.errors import InputError
+
+    data = tiny_data()
+    data["landmarks"] = data["landmarks"][:, :100]
+    with pytest.raises(InputError, match="68 landmarks"):
+        PairSampler(data, 32, flip=True)
