@@ -134,3 +134,19 @@ def test_accuracy_controlled_int8_meets_its_psnr_floor(trained, tmp_path):
     out, _, _ = run(tmp_path / xml["file"], feeds, "int8")
     # The floor holds on calibration inputs by construction; on held-out inputs allow a 3 dB margin.
     assert compare(ref["face"], out["face"], True)["psnr"] >= PSNR_CAP - 10.0 - 3.0
+
+
+def test_layer_profile_shows_what_ran_int8(ov_build):
+    """benchmarks.profile_layers: GC readers run f32 kernels, some other convs run INT8 kernels."""
+    from benchmarks.profile_layers import main, profile
+
+    d, arts = ov_build
+    totals = profile(d / arts["int8"]["file"], threads=2, runs=2)
+    kernels = {}
+    for (name, kernel), ms in totals.items():
+        assert ms >= 0
+        kernels.setdefault(name, set()).add(kernel)
+    assert {"GC conv", "conv reading a GC output", "other conv", "MVN"} <= set(kernels)
+    assert not any("I8" in k for k in kernels["conv reading a GC output"])
+    assert any("I8" in k for k in kernels["other conv"])
+    assert main([str(d / arts["int8"]["file"]), "--runs", "1"]) == 0
