@@ -110,15 +110,20 @@ class FaceAnalyzer:
         self.upsample = upsample
         self._dlib = dlib
 
+    def largest_face(self, img: np.ndarray, upsample: int | None = None):
+        """dlib's box of the largest detected face in a contiguous uint8 RGB image, or None."""
+        faces = self.detector(img, self.upsample if upsample is None else upsample)
+        return max(faces, key=lambda r: r.width() * r.height()) if faces else None
+
+    def points(self, img: np.ndarray, box) -> np.ndarray:
+        """68×2 landmarks inside a face box."""
+        return np.array([(p.x, p.y) for p in self.predictor(img, box).parts()], dtype=np.float64)
+
     def landmarks(self, rgb: np.ndarray, upsample: int | None = None) -> np.ndarray | None:
         """68×2 landmarks of the largest face, or None."""
         img = np.ascontiguousarray(rgb, dtype=np.uint8)  # dlib silently fails on strided arrays
-        faces = self.detector(img, self.upsample if upsample is None else upsample)
-        if not faces:
-            return None
-        face = max(faces, key=lambda r: r.width() * r.height())
-        shape = self.predictor(img, face)
-        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+        box = self.largest_face(img, upsample)
+        return None if box is None else self.points(img, box)
 
     def analyze(self, rgb: np.ndarray) -> FaceSignals | None:
         import cv2

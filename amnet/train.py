@@ -82,9 +82,9 @@ class PairSampler:
             if self.flip:
                 m = torch.from_numpy(self.rng.random(len(idx)) < 0.5)
                 if m.any():
-                    flipped = mirror(source[m], pose[m], eye[m], target[m], landmarks[m])
-                    source, pose, eye, target, landmarks = (t.clone() for t in (source, pose, eye, target, landmarks))
-                    source[m], pose[m], eye[m], target[m], landmarks[m] = flipped
+                    # Indexing with idx/src made copies, so mirroring in place leaves the data set alone.
+                    source[m], pose[m], eye[m], target[m], landmarks[m] = mirror(
+                        source[m], pose[m], eye[m], target[m], landmarks[m])
             yield source, self.audio[idx], pose, eye, target, landmarks
 
 

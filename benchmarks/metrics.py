@@ -25,7 +25,7 @@ def ssim_per_image(ref: np.ndarray, test: np.ndarray, data_range: float = 2.0) -
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     per_plane = s[:, 5:-5, 5:-5].mean(axis=(1, 2))  # skip the border, where the window is truncated
-    return per_plane.reshape(ref.shape[:-2]).reshape(len(ref), -1).mean(axis=1) if ref.ndim == 4 else per_plane
+    return per_plane.reshape(len(ref), -1).mean(axis=1) if ref.ndim == 4 else per_plane
 
 
 def ssim(ref: np.ndarray, test: np.ndarray, data_range: float = 2.0) -> float:

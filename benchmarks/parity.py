@@ -7,6 +7,7 @@ renders JSON, Markdown, JUnit XML and a PNG per variant.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import xml.etree.ElementTree as ET
@@ -99,6 +100,12 @@ def judge(metrics: dict, limits: dict) -> list[str]:
 DITHER_DRAWS = 32
 
 
+@functools.lru_cache(maxsize=2)
+def _dither(shape: tuple, draws: int) -> np.ndarray:
+    """The ±½-grey-level draws, identical for every image of a shape (float32: 25 MB at 256², 32 draws)."""
+    return np.stack([np.random.default_rng(k).uniform(-0.5, 0.5, shape) for k in range(draws)]).astype(np.float32)
+
+
 def dithered_landmarks(analyzer, face: np.ndarray, draws: int = DITHER_DRAWS):
     """dlib's 68 landmarks of one [-1, 1] face: the detected box, then the mean over `draws` dithered 8-bit copies.
 
@@ -112,17 +119,11 @@ def dithered_landmarks(analyzer, face: np.ndarray, draws: int = DITHER_DRAWS):
     """
     level = (face.transpose(1, 2, 0) + 1) * 127.5
     first = np.ascontiguousarray(level.clip(0, 255).astype(np.uint8))
-    faces = analyzer.detector(first, analyzer.upsample)
-    if not faces:
+    box = analyzer.largest_face(first)
+    if box is None:
         return None
-    box = max(faces, key=lambda r: r.width() * r.height())
-
-    def points(img):
-        return np.array([(p.x, p.y) for p in analyzer.predictor(img, box).parts()], dtype=np.float64)
-
-    draws_pts = [points(np.ascontiguousarray((level + np.random.default_rng(k).uniform(-0.5, 0.5, level.shape))
-                                             .round().clip(0, 255).astype(np.uint8))) for k in range(draws)]
-    return points(first), np.mean(draws_pts, axis=0)
+    copies = (level + _dither(level.shape, draws)).round().clip(0, 255).astype(np.uint8)
+    return analyzer.points(first, box), np.mean([analyzer.points(c, box) for c in copies], axis=0)
 
 
 def face_checks(ref_face: np.ndarray, test_face: np.ndarray) -> dict | None:
