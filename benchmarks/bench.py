@@ -46,7 +46,7 @@ def machine_info(threads: int | None = None) -> dict:
             gpu = smi.stdout.strip().splitlines()[0]
     except (OSError, subprocess.TimeoutExpired):
         pass
-    from export.manifest import tool_versions
+    from amnet.core.fileio import tool_versions
 
     return {"cpu": model, "cores": os.cpu_count(), "threads_used": threads, "isa": isa, "gpu": gpu,
             "versions": tool_versions("torch", "onnxruntime", "openvino", "nncf", "tensorrt")}
@@ -91,18 +91,11 @@ def bench_one(spec: dict) -> dict:
              "audio": rng.normal(0, 30, (batch, 1, 64, 60)).astype(np.float32),
              "pose": rng.normal(0, .2, (batch, 3)).astype(np.float32),
              "eye": rng.uniform(.2, .35, (batch, 2)).astype(np.float32)}
-    if spec["runtime"] == "pytorch":
-        import torch
+    from benchmarks.parity import Variant, open_variant
 
-        from amnet.reference import TorchRunner
-
-        torch.set_num_threads(spec["threads"])
-        runner = TorchRunner(spec["path"], threads=spec["threads"], gc_form="grouped")
-    else:
-        from benchmarks.parity import Variant, open_variant
-
-        runner = open_variant(Variant("x", spec["runtime"], spec["precision"], Path(spec["path"]), spec["batch"],
-                                      r), spec["threads"])
+    options = {"gc_form": "grouped"} if spec["runtime"] == "pytorch" else {}
+    runner = open_variant(Variant(spec["name"], spec["runtime"], spec["precision"], Path(spec["path"]), spec["batch"], r),
+                          spec["threads"], **options).activate()
     runner.infer(feeds)  # first inference completes the cold start (lazy compilation)
     cold = time.perf_counter() - t0
     for _ in range(spec["warmup"]):
@@ -118,19 +111,16 @@ def bench_one(spec: dict) -> dict:
     out = {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
            "p99_ms": float(np.percentile(t, 99) * 1e3), "iters": len(t), "cold_start_s": round(cold, 3),
            "fps": batch / float(np.median(t))}
-    if hasattr(runner, "infer_many"):  # OpenVINO: throughput mode with streams
-        from runtimes.openvino_runner import OpenVinoRunner
-
-        runner.close()
-        tp = OpenVinoRunner(spec["path"], threads=spec["threads"], mode="throughput", precision=spec["precision"])
+    runner.close()
+    if spec["runtime"] == "openvino":  # throughput mode: streams and an async queue
+        tp = open_variant(Variant(spec["name"], "openvino", spec["precision"], Path(spec["path"]), spec["batch"], r),
+                          spec["threads"], mode="throughput").activate()
         n_req = max(2, tp.optimal_requests) * 4
         tp.infer_many([feeds] * n_req)
         tp.infer_many([feeds] * n_req)
         out["throughput_fps"] = n_req * batch / tp.inference_time
         out["throughput_streams"] = tp.optimal_requests
         tp.close()
-    else:
-        runner.close()
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -152,8 +142,13 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
           warmup: int = 3, gflops: float | None = None, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    specs = []
-    if checkpoint:
+    from runtimes import registry
+
+    specs, notes = [], []
+    eager_missing = registry.get("pytorch").missing() if checkpoint else None
+    if eager_missing:
+        notes.append(f"no PyTorch eager column: {eager_missing}")
+    if checkpoint and not eager_missing:
         specs.append({"name": "pytorch-fp32-eager", "runtime": "pytorch", "precision": "fp32", "path": str(checkpoint),
                       "batch": 1, "resolution": resolution})
     for v in variants:
@@ -177,7 +172,7 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
             r["achieved_gflops"] = gflops * best
             r["roofline_pct"] = 100 * gflops * best / peak
     return {"resolution": resolution, "threads": threads, "gemm_peak_gflops": round(peak, 1),
-            "gflops_per_frame": gflops, "rows": rows, "paper": paper_comparison(rows, peak, resolution)}
+            "gflops_per_frame": gflops, "rows": rows, "notes": notes, "paper": paper_comparison(rows, peak, resolution)}
 
 
 def paper_comparison(rows: list[dict], peak: float, resolution: int) -> dict:
@@ -209,6 +204,7 @@ def markdown(report: dict) -> str:
                      f"{r.get('throughput_fps', float('nan')):.1f} | {r.get('roofline_pct', float('nan')):.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} |")
     p = report["paper"]
+    lines += [f"Note: {n}" for n in report.get("notes", [])]
     lines += ["", f"Paper: {p['paper_cpu_fps']} FPS on {p['paper_cpu']} (10 cores), {p['paper_gpu_fps']} FPS on "
               f"{p['paper_gpu']}, at {p['paper_resolution']}². Scaled to this machine: "
               f"{p['claim_scaled_by_cores']} FPS by core count, {p['claim_scaled_by_gemm_peak']} FPS by GEMM peak. "

@@ -1,14 +1,21 @@
 """The parity gate: every built variant vs the FP32 PyTorch reference (or reference outputs saved earlier).
 
 Comparing is separate from running: `collect_variants` lists what a build
-folder holds, `run_variant` produces outputs, `judge` applies the thresholds of
-``benchmarks/thresholds.json`` (per precision, overridable), and `write_reports`
-renders JSON, Markdown, JUnit XML and a PNG per variant.
+folder holds, `run_variant` produces outputs, `judge` applies the limits of
+``amnet/core/thresholds.json`` (per precision and runtime, overridable), and
+`write_reports` renders JSON, Markdown, JUnit XML and a PNG per variant.
+
+It fails closed: a limit whose metric is NaN or could not be computed (dlib
+missing, no face in the reference) fails as "unavailable" unless its family
+was waived (``--no-faces``); NaN/Inf in a variant's output fails it; a
+reference holding NaN/Inf fails every variant; a variant whose files do not
+match the manifest's sha256 fails. Only errors in the harness itself escape.
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -16,17 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.errors import InputError
-from benchmarks.metrics import compare
-
-THRESHOLDS_FILE = Path(__file__).with_name("thresholds.json")
-MODEL_INPUTS = ("source", "audio", "pose", "eye")
+from amnet.core import artifacts
+from amnet.core.errors import AmnetError, InputError
+from amnet.core.fileio import atomic_write, write_text
+from amnet.core.limits import FACE_CHECKS, parse_key
+from amnet.core.metrics import compare
+from amnet.core.runner import MODEL_INPUTS, run_in_chunks
 
 
 @dataclass
 class Variant:
-    name: str  # e.g. "openvino-int8-b1"
-    runtime: str  # onnxruntime | openvino | tensorrt
+    name: str  # e.g. "openvino-int8-b1-r256"
+    runtime: str  # a registry name: onnxruntime | openvino | tensorrt | ...
     precision: str
     path: Path
     batch: int | None
@@ -35,66 +43,60 @@ class Variant:
 
 
 def collect_variants(build_dir: Path, resolution: int | None = None) -> list[Variant]:
-    """Every full-model artifact in a build folder's manifest that this machine can run."""
-    from export import manifest as mf
-
-    arts = mf.read(build_dir)["artifacts"]
+    """Every full-model artifact in a build folder's manifest (at one resolution, if given)."""
+    build_dir = Path(build_dir)
+    if not build_dir.is_dir():
+        raise InputError(f"build folder not found: {build_dir}")
+    arts = artifacts.read(build_dir)["artifacts"]
     if not arts:
         raise InputError(f"{build_dir} holds no manifest.json with artifacts: run `amnet-deploy export`/`build` first")
     out = []
     for a in arts:
         if a["part"] != "full" or (resolution and a.get("resolution") != resolution):
             continue
-        runtime = {"onnx": "onnxruntime"}.get(a.get("runtime", "onnx"), a.get("runtime"))
-        batch = a["batch"]
-        tag = "dyn" if batch is None else f"b{batch}"
-        out.append(Variant(f"{runtime}-{a['precision']}-{tag}-r{a['resolution']}", runtime, a["precision"],
-                           build_dir / a["file"], batch, a.get("resolution"), a))
+        tag = "dyn" if a.get("batch") is None else f"b{a['batch']}"
+        out.append(Variant(f"{a['runtime']}-{a['precision']}-{tag}-r{a['resolution']}", a["runtime"], a["precision"],
+                           build_dir / a["file"], a.get("batch"), a.get("resolution"), a))
     return out
 
 
-def open_variant(v: Variant, threads: int | None = None):
-    from cli.open import open_runner  # dispatches .onnx / .xml / .engine
+def open_variant(v: Variant, threads: int | None = None, verify: bool = True, **options):
+    from runtimes.registry import open_runner
 
-    return open_runner(v.path, threads=threads, **({"precision": v.precision} if v.runtime == "openvino" else {}))
+    return open_runner(v.path, threads=threads, precision=v.precision, verify=verify, runtime=v.runtime, **options)
 
 
 def run_in_batches(runner, feeds: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
-    """Run a whole input set through a fixed-batch runner (pads the last chunk) or a dynamic one."""
-    n = len(feeds["source"])
-    step = batch or n
-    parts = []
-    for s in range(0, n, step):
-        chunk = {k: feeds[k][s:s + step] for k in MODEL_INPUTS}
-        take = len(chunk["source"])
-        if batch and take < batch:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - take, 0)]) for k, v in chunk.items()}
-        out = runner.infer(chunk)
-        parts.append({k: v[:take] for k, v in out.items()})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    """Run a whole input set through a fixed-batch runner (pads the last chunk) or a dynamic one (chunks of 8)."""
+    feeds = {k: feeds[k] for k in MODEL_INPUTS}
+    return run_in_chunks(runner.infer, feeds, batch or 8, pad=batch is not None)
 
 
-def load_thresholds(path: Path | None = None, overrides: dict | None = None) -> dict:
-    data = json.loads((path or THRESHOLDS_FILE).read_text())
-    for key, value in (overrides or {}).items():  # "int8.psnr_min=30"
-        precision, metric = key.split(".", 1)
-        data.setdefault(precision, {})[metric] = value
-    return data
-
-
-def judge(metrics: dict, limits: dict) -> list[str]:
-    """The failed checks, as 'output.metric value vs limit' strings."""
-    failures = []
+def judge(metrics: dict, limits: dict, waived: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(failed checks, waived checks). A metric that is missing or NaN fails as 'unavailable' unless waived."""
+    failures, skipped = [], []
     for key, limit in limits.items():
-        out, _, rule = key.partition(".")
-        metric, _, kind = rule.rpartition("_")
-        value = metrics.get(out, {}).get(metric)
-        if value is None:
+        out, metric, kind = parse_key(key)
+        if metric in waived:
+            skipped.append(f"{out}.{metric}")
             continue
-        bad = (kind == "max" and value > limit) or (kind == "min" and value < limit)
-        if bad:
+        value = metrics.get(out, {}).get(metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            reason = metrics.get(out, {}).get(f"{metric}_unavailable", "could not be computed")
+            failures.append(f"{out}.{metric} unavailable ({reason})")
+            continue
+        if (kind == "max" and value > limit) or (kind == "min" and value < limit):
             failures.append(f"{out}.{metric} {value:.4g} {'>' if kind == 'max' else '<'} {limit:g}")
-    return failures
+    return failures, skipped
+
+
+def nonfinite(arrays: dict[str, np.ndarray]) -> str | None:
+    """'face holds 12 NaN/Inf' for the first output that has any, else None."""
+    for k, v in arrays.items():
+        bad = int(np.size(v) - np.isfinite(v).sum())
+        if bad:
+            return f"{k} holds {bad} NaN/Inf value(s)"
+    return None
 
 
 DITHER_DRAWS = 32
@@ -126,20 +128,19 @@ def dithered_landmarks(analyzer, face: np.ndarray, draws: int = DITHER_DRAWS):
     return analyzer.points(first, box), np.mean([analyzer.points(c, box) for c in copies], axis=0)
 
 
-def face_checks(ref_face: np.ndarray, test_face: np.ndarray) -> dict | None:
+def face_checks(ref_face: np.ndarray, test_face: np.ndarray) -> dict:
     """dlib detection rate on the variant's faces and the landmark shift (px) vs the reference's.
 
     ``landmark_shift_px`` compares dither-averaged landmarks (see `dithered_landmarks`);
     ``landmark_shift_single_px`` is the same with one plain 8-bit rounding, kept for comparison.
+    When dlib or its model is missing, returns {"unavailable": reason}: the caller fails closed.
     """
     try:
         from amnet.signals import FaceAnalyzer
-    except ImportError:
-        return None
-    try:
+
         analyzer = FaceAnalyzer(upsample=1)
-    except Exception:  # noqa: BLE001 - dlib or its model missing: the check is reported as unavailable
-        return None
+    except (ImportError, AmnetError, RuntimeError) as e:
+        return {"unavailable": str(e).splitlines()[0][:160] or type(e).__name__}
 
     ref_found = test_found = both = 0
     shifts, single = [], []
@@ -152,41 +153,61 @@ def face_checks(ref_face: np.ndarray, test_face: np.ndarray) -> dict | None:
             both += 1
             single.append(float(np.linalg.norm(lr[0] - lt[0], axis=1).mean()) * scale)
             shifts.append(float(np.linalg.norm(lr[1] - lt[1], axis=1).mean()) * scale)
-    return {"reference_detected": ref_found, "variant_detected": test_found, "images": len(ref_face),
-            "detected_where_reference_detected": both / ref_found if ref_found else None,
-            "landmark_shift_px": float(np.mean(shifts)) if shifts else None,
-            "landmark_shift_single_px": float(np.mean(single)) if single else None,
-            "dither_draws": DITHER_DRAWS, "resolution": int(ref_face.shape[-1])}
+    out = {"reference_detected": ref_found, "variant_detected": test_found, "images": len(ref_face),
+           "detected_where_reference_detected": both / ref_found if ref_found else None,
+           "landmark_shift_px": float(np.mean(shifts)) if shifts else None,
+           "landmark_shift_single_px": float(np.mean(single)) if single else None,
+           "dither_draws": DITHER_DRAWS, "resolution": int(ref_face.shape[-1])}
+    if not ref_found:
+        out["unavailable"] = "dlib finds no face in any reference image"
+    return out
 
 
-def evaluate(variants: list[Variant], feeds: dict, reference: dict, thresholds: dict, threads: int | None = None,
-             faces: bool = True, progress: bool = True) -> list[dict]:
+def evaluate(variants: list[Variant], feeds: dict, reference: dict, limits, threads: int | None = None,
+             faces: bool = True, progress: bool = True, verify: bool = True) -> list[dict]:
+    """Run and judge every variant. ``limits`` is an `amnet.core.limits.Limits`."""
     from tqdm import tqdm
 
+    waived = FACE_CHECKS if not faces else ()
+    ref_problem = nonfinite({k: reference[k] for k in ("face", "landmarks")})
     results = []
     for v in tqdm(variants, desc="parity", disable=not progress, unit="variant"):
         row = {"variant": v.name, "runtime": v.runtime, "precision": v.precision, "file": v.path.name,
-               "batch": v.batch, "resolution": v.resolution}
+               "batch": v.batch, "resolution": v.resolution, "limits": limits.for_variant(v.runtime, v.precision)}
+        if not row["limits"]:  # a build refuses this; a hand-edited manifest can still hold one
+            row.update(passed=False, failures=[f"no limits for {v.runtime}-{v.precision} in {limits.source}"])
+            results.append(row)
+            continue
+        if ref_problem:
+            row.update(passed=False, failures=[f"reference {ref_problem}: nothing valid to compare against"])
+            results.append(row)
+            continue
         t = time.perf_counter()
         try:
-            with open_variant(v, threads) as runner:
+            with open_variant(v, threads, verify) as runner:
                 out = run_in_batches(runner, feeds, v.batch)
                 row["actual_precision"] = _actual_precision(runner)
-        except Exception as e:  # noqa: BLE001 - a variant that cannot run is a failed variant, not a crash
-            row.update(passed=False, failures=[f"could not run: {str(e).splitlines()[0][:160]}"], skipped=False)
+        except AmnetError as e:  # missing runtime, damaged or tampered files: a failed check, not a crash
+            row.update(passed=False, failures=[f"could not run: {str(e).splitlines()[0][:200]}"])
             results.append(row)
             continue
         row["seconds"] = round(time.perf_counter() - t, 2)
+        bad = nonfinite(out)
+        if bad:
+            row.update(passed=False, failures=[f"output {bad}"])
+            results.append(row)
+            continue
         metrics = {k: compare(reference[k], out[k], image=(k == "face")) for k in ("face", "landmarks")}
         if faces:
             fc = face_checks(reference["face"], out["face"])
-            if fc:
-                metrics["face"]["detection_rate"] = fc["detected_where_reference_detected"]
-                metrics["face"]["landmark_shift_px"] = fc["landmark_shift_px"]
-                row["face_checks"] = fc
-        # Per precision, sharpened per runtime where an issue set a stricter bar (e.g. "openvino-int8").
-        limits = {**thresholds.get(v.precision, {}), **thresholds.get(f"{v.runtime}-{v.precision}", {})}
-        row.update(metrics=metrics, limits=limits, failures=judge(metrics, limits))
+            row["face_checks"] = fc
+            metrics["face"]["detection_rate"] = fc.get("detected_where_reference_detected")
+            metrics["face"]["landmark_shift_px"] = fc.get("landmark_shift_px")
+            if fc.get("unavailable"):
+                for m in FACE_CHECKS:
+                    metrics["face"][f"{m}_unavailable"] = fc["unavailable"]
+        row["metrics"] = metrics
+        row["failures"], row["waived"] = judge(metrics, row["limits"], waived)
         row["passed"] = not row["failures"]
         row["_outputs"] = out
         results.append(row)
@@ -201,14 +222,12 @@ def _actual_precision(runner) -> str:
 # ---------------------------------------------------------------- reports
 
 def write_reports(results: list[dict], reference: dict, out_dir: Path, header: dict) -> dict[str, Path]:
-    from amnet.checkpoint import atomic_write
-
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     report = {**header, "variants": clean, "passed": all(r["passed"] for r in results)}
     paths = {"json": out_dir / "parity.json", "markdown": out_dir / "parity.md", "junit": out_dir / "parity.junit.xml"}
-    atomic_write(paths["json"], lambda t: Path(t).write_text(json.dumps(report, indent=1, default=float) + "\n"))
-    atomic_write(paths["markdown"], lambda t: Path(t).write_text(markdown(report)))
+    write_text(paths["json"], json.dumps(report, indent=1, default=float) + "\n")
+    write_text(paths["markdown"], markdown(report))
     atomic_write(paths["junit"], lambda t: Path(t).write_bytes(junit(clean)))
     for r in results:
         if "_outputs" in r:
@@ -260,8 +279,6 @@ def diff_png(ref: np.ndarray, test: np.ndarray, title: str, path: Path, gain: fl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from amnet.checkpoint import atomic_write
 
     n = min(4, len(ref))
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)

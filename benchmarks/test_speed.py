@@ -15,7 +15,7 @@ THREADS = 2
 @pytest.fixture(scope="module", params=[256, 128], ids=lambda r: f"r{r}")
 def setup(request, tmp_path_factory):
     from amnet.checkpoint import load_checkpoint, save_checkpoint
-    from cli.open import default_checkpoint
+    from amnet import default_checkpoint
     from export.openvino_build import build_openvino
     from export.pipeline import build_onnx_precisions, export_checkpoint
 

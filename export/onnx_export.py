@@ -14,11 +14,9 @@ TorchScript graph is what onnxsim and the runtimes here were checked with.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +24,10 @@ import onnx
 import torch
 
 from amnet import __version__
-from amnet.checkpoint import atomic_write
-from amnet.errors import ArtifactError
+from amnet.core import artifacts
+from amnet.core.artifacts import Stage
+from amnet.core.errors import ArtifactError
+from amnet.core.fileio import atomic_write
 from amnet.model import AMNet, FuserHalf, ReenactorHalf
 
 OPSET = 17
@@ -37,22 +37,6 @@ PART_IO = {
     "fuser": (["audio", "pose", "eye"], ["f_geo", "landmarks"]),
     "reenactor": (["source", "f_geo"], ["face"]),
 }
-
-
-@dataclass
-class Artifact:
-    """One exported file and what it is; the manifest holds a list of these."""
-
-    file: str
-    part: str
-    gc_form: str
-    batch: int | None  # None = dynamic
-    resolution: int | None  # None for the fuser (no image)
-    precision: str = "fp32"
-    runtime: str = "onnx"
-    sha256: str = ""
-    parity: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
 
 
 def artifact_name(part: str, batch: int | None, resolution: int | None, precision: str = "fp32") -> str:
@@ -77,12 +61,11 @@ def to_onnx(model: AMNet, part: str = "full", batch: int | None = 1, resolution:
             simplify: bool = True) -> onnx.ModelProto:
     """Trace one part at one batch (None = dynamic batch, elementwise GC) and return the ModelProto."""
     form = "elementwise" if batch is None else "grouped"
-    model = model.eval().set_gc_form(form)
     inputs, outputs = PART_IO[part]
     args = dummy_inputs(part, batch or 2, resolution)
     dynamic_axes = {n: {0: "N"} for n in inputs + outputs} if batch is None else None
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), model.eval().gc_form(form):
         warnings.simplefilter("ignore")  # TorchScript exporter deprecation notice
         torch.onnx.export(_module(model, part), args, buf, input_names=inputs, output_names=outputs,
                           opset_version=OPSET, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
@@ -112,11 +95,9 @@ def set_metadata(proto: onnx.ModelProto, meta: dict) -> None:
             proto.metadata_props.add(key=k, value=v)
 
 
-def save_onnx(proto: onnx.ModelProto, path: Path) -> str:
-    """Write atomically; returns the file's sha256."""
+def save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
     data = proto.SerializeToString()
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-    return hashlib.sha256(data).hexdigest()
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def read_metadata(path: Path) -> dict:
@@ -127,21 +108,57 @@ def read_metadata(path: Path) -> dict:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def export_one(model: AMNet, out_dir: Path, part: str, batch: int | None, resolution: int,
-               source_sha256: str, simplify: bool = True) -> tuple[Artifact, onnx.ModelProto]:
+def read_export_metadata(path: Path) -> dict:
+    """The metadata `export` writes, validated: a build from a foreign ONNX is refused in one line."""
+    meta = read_metadata(path)
+    if not meta.get("producer", "").startswith("amnet-deploy"):
+        raise ArtifactError(f"{path.name} was not exported by amnet-deploy (no producer metadata): "
+                            "export it with `amnet-deploy export`")
+    problems = [k for k in ("part", "batch", "resolution", "precision", "landmarks", "audio_delta") if k not in meta]
+    if problems:
+        raise ArtifactError(f"{path.name}: metadata lacks {', '.join(problems)}: re-export it")
+    out = dict(meta)
+    for key in ("batch", "resolution", "landmarks"):
+        value = meta[key]
+        if key == "batch" and value == "dynamic" or key == "resolution" and value == "None":
+            out[key] = None
+            continue
+        if not value.isdigit() or int(value) < 1:
+            raise ArtifactError(f"{path.name}: metadata {key}={value!r} is not a positive integer: re-export it")
+        out[key] = int(value)
+    if meta["part"] not in PARTS:
+        raise ArtifactError(f"{path.name}: metadata part={meta['part']!r} is not one of {', '.join(PARTS)}")
+    return out
+
+
+def export_one(model: AMNet, stage: Stage, part: str, batch: int | None, resolution: int,
+               source_sha256: str, simplify: bool = True) -> tuple[dict, Path]:
+    """Trace one part at one batch into the stage; returns its manifest entry and pending file."""
     res = None if part == "fuser" else resolution
     proto = to_onnx(model, part, batch, resolution, simplify)
-    art = Artifact(file=artifact_name(part, batch, res), part=part,
-                   gc_form="elementwise" if batch is None else "grouped", batch=batch, resolution=res)
+    gc_form = "elementwise" if batch is None else "grouped"
     set_metadata(proto, {
         "producer": f"amnet-deploy {__version__}", "source_checkpoint_sha256": source_sha256,
-        "part": part, "gc_form": art.gc_form, "gc_kernel": str(model.config.kernel),
+        "part": part, "gc_form": gc_form, "gc_kernel": str(model.config.kernel),
         "batch": "dynamic" if batch is None else str(batch), "resolution": str(res),
         "precision": "fp32", "opset": str(OPSET), "landmarks": str(model.config.landmarks),
         "audio_delta": model.config.audio_delta, "simplified": str(simplify).lower(),
     })
-    art.sha256 = save_onnx(proto, out_dir / art.file)
-    return art, proto
+    name = artifact_name(part, batch, res)
+    pending = save_onnx(proto, stage.path(name))
+    entry = {"name": name, "runtime": "onnxruntime", "part": part, "gc_form": gc_form, "batch": batch,
+             "resolution": res, "precision": "fp32", "audio_delta": model.config.audio_delta}
+    stage.add(entry, [pending])
+    return entry, pending
+
+
+def export_file(model: AMNet, out_dir: Path, part: str = "full", batch: int | None = 1, resolution: int = 256,
+                source_sha256: str = "", simplify: bool = True) -> Path:
+    """Export and publish one ONNX file; returns its path (tests and quick scripts)."""
+    with Stage(out_dir) as stage:
+        entry, _ = export_one(model, stage, part, batch, resolution, source_sha256, simplify)
+        manifest = artifacts.publish(stage)
+    return Path(out_dir) / next(a["file"] for a in manifest["artifacts"] if a["name"] == entry["name"])
 
 
 def parity(model: AMNet, onnx_path: Path, part: str, feeds: dict[str, np.ndarray], batch: int | None,
@@ -152,10 +169,9 @@ def parity(model: AMNet, onnx_path: Path, part: str, feeds: dict[str, np.ndarray
     names, outs = PART_IO[part]
     n = len(next(iter(feeds.values())))
     step = batch or min(n, 4)
-    model = model.eval().set_gc_form("loop")
     mod = _module(model, part)
     errs: dict[str, list] = {o: [] for o in outs}
-    with OnnxRuntimeRunner(onnx_path, threads=threads) as runner:
+    with OnnxRuntimeRunner(onnx_path, threads=threads) as runner, model.eval().gc_form("loop"):
         for s in range(0, n - step + 1, step):
             chunk = {k: feeds[k][s:s + step] for k in names}
             got = runner.infer(chunk)

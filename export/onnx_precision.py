@@ -23,9 +23,12 @@ from pathlib import Path
 
 import onnx
 
-from amnet.errors import RuntimeMissing
+from amnet.core import artifacts
+from amnet.core.artifacts import Precision, Stage
+from amnet.core.errors import InputError, RuntimeMissing
+from amnet.core.fileio import file_sha256, tool_versions
 from export.int8_scope import FLOAT_NODES, describe
-from export.onnx_export import set_metadata
+from export.onnx_export import read_export_metadata, save_onnx, set_metadata
 
 # FP16 keeps the GC path, the fuser and the two image-facing convs (first encoder conv, last decoder conv)
 # in float32, as the TorchScript exporter names them.
@@ -83,3 +86,36 @@ def to_int8_qdq(onnx_path: Path, resolution: int, batch: int, samples: int = 64)
                        "quantization": "QDQ symmetric int8, per-channel weights, percentile 99.99 calibration",
                        "fp32_kept": describe()})
     return qdq
+
+
+def precision_name(fp32_name: str, precision: str) -> str:
+    """amnet_full_b1_r256.onnx → amnet_full_b1_r256_int8.onnx"""
+    stem, _, ext = fp32_name.partition(".")
+    return f"{stem}_{precision}.{ext}"
+
+
+def precision_proto(fp32: Path, precision: str, calib_samples: int) -> onnx.ModelProto:
+    """The FP16 or Q/DQ INT8 model made from one fixed-batch FP32 export."""
+    meta = read_export_metadata(fp32)
+    if precision == Precision.FP16:
+        return to_fp16(onnx.load(str(fp32)))
+    if precision == Precision.INT8:
+        return to_int8_qdq(fp32, meta["resolution"], meta["batch"], calib_samples)
+    raise InputError(f"no {precision} ONNX to make: the fp32 ONNX is the export itself")
+
+
+def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
+    """The onnxruntime backend's builder: FP16 and Q/DQ INT8 ONNX (what TensorRT builds from), runnable on any CPU."""
+    from tqdm import tqdm
+
+    jobs = [(f, p) for f in onnx_files for p in opts.precisions if p != Precision.FP32]
+    with Stage(out_dir) as stage:
+        for fp32, precision in tqdm(jobs, desc="onnx precision", disable=not opts.progress, unit="file"):
+            meta = read_export_metadata(fp32)
+            name = precision_name(artifacts.logical_name(fp32), str(precision))
+            pending = save_onnx(precision_proto(fp32, precision, opts.calib_samples), stage.path(name))
+            stage.add({"name": name, "runtime": "onnxruntime", "part": "full", "gc_form": meta["gc_form"],
+                       "batch": meta["batch"], "resolution": meta["resolution"], "precision": str(precision),
+                       "audio_delta": meta["audio_delta"], "from": artifacts.logical_name(fp32),
+                       "from_sha256": file_sha256(fp32)}, [pending])
+        return artifacts.publish(stage, {"versions": tool_versions("onnx", "onnxruntime")})

@@ -13,38 +13,34 @@ inputs): per-sample per-channel GC scales do not survive one per-tensor scale.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from amnet.checkpoint import file_sha256
-from amnet.errors import InputError, RuntimeMissing
-from export import manifest as mf
+from amnet.core import artifacts
+from amnet.core.artifacts import Precision, Stage
+from amnet.core.fileio import file_sha256, lazy_import, tool_versions
 from export.int8_scope import FLOAT_OP_TYPES, describe, nncf_patterns
-from export.onnx_export import read_metadata
+from export.onnx_export import read_export_metadata, read_metadata
 
 PSNR_CAP = 50.0
 
 
 def _ov():
-    try:
-        import openvino as ov
-    except ImportError:
-        raise RuntimeMissing("OpenVINO is not installed: pip install openvino nncf") from None
-    return ov
+    return lazy_import("openvino", "pip install openvino nncf", "2025.0")
 
 
-def ir_name(onnx_file: str, precision: str) -> str:
-    return onnx_file.replace(".onnx", f"_ov_{precision}.xml")
+def ir_name(onnx_name: str, precision: str) -> str:
+    """amnet_full_b1_r256.onnx → amnet_full_b1_r256_ov_int8.xml"""
+    return onnx_name.replace(".onnx", f"_ov_{precision}.xml")
 
 
 def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, max_drop: float,
-             validation: list[dict] | None = None, progress: bool = True):
-    try:
-        import nncf
-    except ImportError:
-        raise RuntimeMissing("NNCF is not installed: pip install nncf") from None
+             validation: list[dict] | None = None):
     import logging
+
+    nncf = lazy_import("nncf", "pip install nncf", "2.16")
 
     nncf.set_log_level(logging.ERROR)  # its INFO lines list every ignored node
     dataset = nncf.Dataset(items)
@@ -53,7 +49,7 @@ def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, m
     if not accuracy_control:
         return nncf.quantize(ov_model, dataset, preset=preset_enum, subset_size=len(items), ignored_scope=ignored,
                              fast_bias_correction=True, model_type=None)
-    from benchmarks.metrics import psnr
+    from amnet.core.metrics import psnr
 
     ov = _ov()
 
@@ -71,61 +67,41 @@ def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, m
         ignored_scope=ignored)
 
 
-def build_openvino(model_path: Path, precisions, out_dir: Path, batches=(1,), resolution: int = 256,
-                   calib_samples: int = 64, preset: str = "mixed", accuracy_control: bool = False,
-                   max_drop: float = 6.0, progress: bool = True) -> dict:
+def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
+    """The openvino backend's builder: one IR (.xml + .bin, published together) per ONNX file and precision."""
     ov = _ov()
     from tqdm import tqdm
 
     from amnet.realdata import calibration_batches
-    from export.pipeline import fp32_onnx_inputs
+    from runtimes.openvino_runner import OpenVinoRunner
 
-    onnx_files = fp32_onnx_inputs(model_path, out_dir, batches, resolution, progress)
-    artifacts = []
-    jobs = [(f, p) for f in onnx_files for p in precisions]
-    for onnx_path, precision in tqdm(jobs, desc="openvino", disable=not progress, unit="variant"):
-        meta = read_metadata(onnx_path)
-        if meta.get("batch") == "dynamic":
-            raise InputError(f"{onnx_path.name} has a dynamic batch; OpenVINO builds need a fixed-batch export")
-        batch = int(meta["batch"])
-        model = ov.convert_model(str(onnx_path))
-        if precision == "int8":
-            names = [i.get_any_name() for i in model.inputs]
-            items = calibration_batches(names, int(meta["resolution"]), calib_samples, batch)
-            # Accuracy control validates on calibration inputs: the held-out split stays for the parity gate.
-            validation = items[-max(1, 16 // batch):] if accuracy_control else None
-            model = quantize(model, items, preset, accuracy_control, max_drop, validation, progress)
-            meta["calibration"] = json.dumps({"samples": len(items) * batch, "preset": preset,
-                                              "accuracy_control": accuracy_control, "max_drop_db": max_drop,
-                                              "kept_float": describe()})
-        meta["precision"] = precision
-        for k, v in meta.items():
-            model.set_rt_info(str(v), k)
-        xml = out_dir / ir_name(onnx_path.name, precision)
-        _save_ir(ov, model, xml, compress_to_fp16=(precision == "fp16"))
-        from runtimes.openvino_runner import OpenVinoRunner
-
-        with OpenVinoRunner(xml, threads=2) as r:
-            actual = {"compute": r.compute_precision,
-                      "ops": r.executed_precisions()}
-        artifacts.append({"file": xml.name, "part": meta.get("part", "full"), "gc_form": meta.get("gc_form"),
-                          "batch": batch, "resolution": int(meta["resolution"]), "precision": precision,
-                          "runtime": "openvino", "from": onnx_path.name, "weights": {"fp16": "fp16"}.get(precision,
-                          "int8+fp32" if precision == "int8" else "fp32"), "actual_precision": actual,
-                          "sha256": file_sha256(xml)})
-    return mf.update(out_dir, artifacts, versions=mf.tool_versions("torch", "onnx", "onnxruntime", "openvino", "nncf"))
-
-
-def _save_ir(ov, model, xml: Path, compress_to_fp16: bool) -> None:
-    """save_model writes .xml and .bin: both to temp names, then renamed (xml last)."""
-    import os
-
-    tmp = xml.with_name(f".{xml.stem}.tmp.xml")
-    try:
-        ov.save_model(model, str(tmp), compress_to_fp16=compress_to_fp16)
-        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-        os.replace(tmp, xml)
-    finally:
-        for p in (tmp, tmp.with_suffix(".bin")):
-            if p.exists():
-                p.unlink()
+    jobs = [(f, p) for f in onnx_files for p in opts.precisions]
+    with Stage(out_dir) as stage:
+        for onnx_path, precision in tqdm(jobs, desc="openvino", disable=not opts.progress, unit="variant"):
+            meta = read_export_metadata(onnx_path)
+            rt_info = {k: v for k, v in read_metadata(onnx_path).items()}
+            model = ov.convert_model(str(onnx_path))
+            if precision == Precision.INT8:
+                names = [i.get_any_name() for i in model.inputs]
+                items = calibration_batches(names, meta["resolution"], opts.calib_samples, meta["batch"])
+                # Accuracy control validates on calibration inputs: the held-out split stays for the parity gate.
+                validation = items[-max(1, 16 // meta["batch"]):] if opts.accuracy_control else None
+                model = quantize(model, items, opts.preset, opts.accuracy_control, opts.max_drop, validation)
+                rt_info["calibration"] = json.dumps({"samples": len(items) * meta["batch"], "preset": opts.preset,
+                                                     "accuracy_control": opts.accuracy_control,
+                                                     "max_drop_db": opts.max_drop, "kept_float": describe()})
+            rt_info["precision"] = str(precision)
+            for k, v in rt_info.items():
+                model.set_rt_info(str(v), k)
+            name = ir_name(artifacts.logical_name(onnx_path), str(precision))
+            xml = stage.path(name)
+            ov.save_model(model, str(xml), compress_to_fp16=(precision == Precision.FP16))
+            with OpenVinoRunner(xml, threads=min(2, os.cpu_count() or 1), precision=str(precision)) as r:
+                actual = {"compute": r.compute_precision, "ops": r.executed_precisions()}
+            stage.add({"name": name, "runtime": "openvino", "part": meta["part"], "gc_form": meta["gc_form"],
+                       "batch": meta["batch"], "resolution": meta["resolution"], "precision": str(precision),
+                       "audio_delta": meta["audio_delta"], "from": artifacts.logical_name(onnx_path),
+                       "from_sha256": file_sha256(onnx_path),
+                       "weights": {"fp16": "fp16", "int8": "int8+fp32"}.get(str(precision), "fp32"),
+                       "actual_precision": actual}, [xml, xml.with_suffix(".bin")])
+        return artifacts.publish(stage, {"versions": tool_versions("onnx", "openvino", "nncf")})

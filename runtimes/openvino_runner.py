@@ -11,65 +11,67 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
-from amnet.errors import ArtifactError, InputError, RuntimeMissing
-from runtimes.base import Runner, TensorSpec, check_feeds
+from amnet.core.errors import AmnetError, ArtifactError, InputError
+from amnet.core.fileio import lazy_import
+from amnet.core.runner import Runner, TensorSpec, check_feeds
 
 # The compute precision each variant asks for. INT8 keeps its non-quantized ops in f32.
 COMPUTE_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 
 
 def _ov():
-    try:
-        import openvino as ov
-    except ImportError:
-        raise RuntimeMissing("OpenVINO is not installed: pip install openvino") from None
-    return ov
+    return lazy_import("openvino", "pip install openvino", "2025.0")
 
 
 class OpenVinoRunner(Runner):
     name = "openvino"
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, mode: str = "latency",
-                 cache_dir: str | os.PathLike | None = None, precision: str | None = None,
-                 compute: str | None = None, streams: int | None = None):
-        super().__init__()
-        ov = _ov()
+    def __init__(self, path, *, threads: int | None = None, precision: str | None = None, mode: str = "latency",
+                 cache_dir: str | os.PathLike | None = None, compute: str | None = None, streams: int | None = None):
+        super().__init__(path, threads=threads, precision=precision)
         if mode not in ("latency", "throughput"):
             raise InputError(f"OpenVINO mode must be 'latency' or 'throughput', got {mode!r}")
-        self.path, self.mode = Path(path), mode
+        self.mode, self.cache_dir, self.compute, self.streams = mode, cache_dir, compute, streams
+
+    def _activate(self):
+        ov = _ov()
         if not self.path.is_file() or not self.path.with_suffix(".bin").is_file():
             raise ArtifactError(f"OpenVINO IR needs both {self.path.name} and {self.path.with_suffix('.bin').name}")
         core = ov.Core()
-        t = time.perf_counter()
         try:
             model = core.read_model(str(self.path))
         except Exception as e:  # noqa: BLE001 - OV raises RuntimeError with long multi-line text
             raise ArtifactError(f"{self.path.name} is not a readable OpenVINO IR: {_first_line(e)}") from None
         info = model.get_rt_info()
-        self.metadata = {k: str(info[k]) for k in ("precision", "audio_delta", "batch", "gc_form") if k in info}
-        self.precision = precision or self.metadata.get("precision", "fp32")
-        config = {"PERFORMANCE_HINT": mode.upper(),
-                  "INFERENCE_PRECISION_HINT": compute or COMPUTE_HINT.get(self.precision, "f32")}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        if streams:
-            config["NUM_STREAMS"] = streams
-        if cache_dir:
-            config["CACHE_DIR"] = str(cache_dir)
+        # rt_info values are OVAny: .astype(str) gives the stored string (str() gives the wrapper's repr).
+        self.metadata = {k: info[k].astype(str) for k in ("precision", "audio_delta", "batch", "gc_form")
+                         if k in info}
+        self.precision = self.metadata.get("precision", self.precision)
+        config = {"PERFORMANCE_HINT": self.mode.upper(),
+                  "INFERENCE_PRECISION_HINT": self.compute or COMPUTE_HINT.get(self.precision, "f32")}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        if self.streams:
+            config["NUM_STREAMS"] = self.streams
+        if self.cache_dir:
+            config["CACHE_DIR"] = str(self.cache_dir)
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # noqa: BLE001
             raise ArtifactError(f"OpenVINO could not compile {self.path.name}: {_first_line(e)}") from None
-        self.load_time = time.perf_counter() - t
         self.inputs = [TensorSpec(i.get_any_name(), tuple(d.get_length() if d.is_static else None
                                                           for d in i.get_partial_shape()))
                        for i in self.compiled.inputs]
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+        if not self.inputs or not self.outputs:
+            raise ArtifactError(f"{self.path.name} declares no {'inputs' if not self.inputs else 'outputs'}")
         self.request = self.compiled.create_infer_request()
+
+    def _close(self):
+        self.request = self.compiled = None
 
     @property
     def compute_precision(self) -> str:
@@ -93,6 +95,8 @@ class OpenVinoRunner(Runner):
     def infer_many(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Throughput mode: all batches in flight through an async queue (one request per stream)."""
         ov = _ov()
+        if not self.is_active:
+            raise AmnetError("OpenVinoRunner used before activate() (use it in a `with` block)")
         batches = [check_feeds(b, self.inputs) for b in batches]
         results: list = [None] * len(batches)
         queue = ov.AsyncInferQueue(self.compiled)

@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from amnet.errors import ArtifactError, RuntimeMissing
-from runtimes.base import Runner, TensorSpec
+from amnet.core.errors import ArtifactError, RuntimeMissing
+from amnet.core.fileio import lazy_import, write_text
+from amnet.core.runner import Runner, TensorSpec
 
-INSTALL_HINT = ("on a machine with an NVIDIA GPU and driver: pip install tensorrt cuda-python "
-                "(TensorRT wheels come from NVIDIA's index: --extra-index-url https://pypi.nvidia.com)")
+from runtimes.registry import TRT_HINT as INSTALL_HINT
+
+_LOGGER = None
 
 
 def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise RuntimeMissing(f"TensorRT is not installed: {INSTALL_HINT}") from None
-    return trt
+    return lazy_import("tensorrt", INSTALL_HINT, "10.0")
 
 
 def import_cudart():
@@ -41,6 +37,15 @@ def import_cudart():
         except ImportError:
             raise RuntimeMissing(f"cuda-python is not installed: {INSTALL_HINT}") from None
     return cudart
+
+
+def logger():
+    """One TensorRT logger per process (TensorRT keeps a reference to the first one it is given)."""
+    global _LOGGER
+    if _LOGGER is None:
+        trt = import_tensorrt()
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
 
 
 def cuda_check(result):
@@ -62,8 +67,12 @@ def sidecar_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
 
 
-def check_engine_matches(engine: Path, trt_version: str, gpu: str) -> dict:
-    """The sidecar says who built the engine; a foreign or stale engine is refused in one line."""
+def write_sidecar(engine: Path, meta: dict) -> Path:
+    """The engine's manifest: who built it (TensorRT version, GPU), from what, with which settings."""
+    return write_text(sidecar_path(engine), json.dumps(meta, indent=1) + "\n")
+
+
+def read_sidecar(engine: Path) -> dict:
     side = sidecar_path(engine)
     if not side.is_file():
         raise ArtifactError(f"{engine.name} has no {side.name} manifest: rebuild it with `amnet-deploy build`")
@@ -71,6 +80,14 @@ def check_engine_matches(engine: Path, trt_version: str, gpu: str) -> dict:
         meta = json.loads(side.read_text())
     except ValueError:
         raise ArtifactError(f"{side.name} is not valid JSON: rebuild the engine") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{side.name} is not an engine manifest: rebuild the engine")
+    return meta
+
+
+def check_engine_matches(engine: Path, trt_version: str, gpu: str) -> dict:
+    """The sidecar says who built the engine; a foreign or stale engine is refused in one line."""
+    meta = read_sidecar(engine)
     if meta.get("version_compatible"):
         return meta
     if meta.get("tensorrt") != trt_version or meta.get("gpu") != gpu:
@@ -98,19 +115,21 @@ class _Buffer:
 class TensorRTRunner(Runner):
     name = "tensorrt"
 
-    def __init__(self, path: str | os.PathLike, cuda_graph: bool = False):
-        super().__init__()
+    def __init__(self, path, *, threads: int | None = None, precision: str | None = None, cuda_graph: bool = False):
+        super().__init__(path, threads=threads, precision=precision)
+        self.cuda_graph = cuda_graph
+        self.buffers: dict[str, _Buffer] = {}
+        self.stream = self.graph = self.graph_exec = None
+
+    def _activate(self):
         trt = import_tensorrt()
         self.cudart = cudart = import_cudart()
-        self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"engine not found: {self.path}")
         meta = check_engine_matches(self.path, trt.__version__, gpu_name())
         self.metadata = meta
-        self.precision = meta.get("precision", "fp32")
-        t = time.perf_counter()
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self.logger)
+        self.precision = meta.get("precision", self.precision)
+        runtime = trt.Runtime(logger())
         if meta.get("version_compatible"):
             runtime.engine_host_code_allowed = True  # version-compatible engines embed a lean runtime
         self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -118,7 +137,6 @@ class TensorRTRunner(Runner):
             raise ArtifactError(f"{self.path.name} could not be deserialized (corrupt, or another TensorRT/GPU)")
         self.context = self.engine.create_execution_context()
         self.stream = cuda_check(cudart.cudaStreamCreate())
-        self.buffers: dict[str, _Buffer] = {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             shape = tuple(self.engine.get_tensor_shape(name))
@@ -129,10 +147,8 @@ class TensorRTRunner(Runner):
                 self.inputs.append(TensorSpec(name, shape, str(buf.dtype)))
             else:
                 self.outputs.append(name)
-        self.graph_exec = None
-        if cuda_graph:
+        if self.cuda_graph:
             self._capture_graph()
-        self.load_time = time.perf_counter() - t
 
     def _enqueue(self):
         """Host→device copies, execution, device→host copies, all on one stream."""
@@ -152,8 +168,8 @@ class TensorRTRunner(Runner):
         cuda_check(cudart.cudaStreamSynchronize(self.stream))
         cuda_check(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
         self._enqueue()
-        graph = cuda_check(cudart.cudaStreamEndCapture(self.stream))
-        self.graph_exec = cuda_check(cudart.cudaGraphInstantiate(graph, 0))
+        self.graph = cuda_check(cudart.cudaStreamEndCapture(self.stream))
+        self.graph_exec = cuda_check(cudart.cudaGraphInstantiate(self.graph, 0))
 
     def _run(self, feeds):
         for spec in self.inputs:
@@ -165,10 +181,21 @@ class TensorRTRunner(Runner):
         cuda_check(self.cudart.cudaStreamSynchronize(self.stream))
         return {name: self.buffers[name].host.astype(np.float32, copy=True) for name in self.outputs}
 
-    def close(self):
-        for b in getattr(self, "buffers", {}).values():
-            b.free(self.cudart)
+    def _close(self):
+        """Free in reverse order of allocation; also after a failed activate()."""
+        cudart = getattr(self, "cudart", None)
+        if cudart is None:
+            return
+        if self.graph_exec is not None:
+            cudart.cudaGraphExecDestroy(self.graph_exec)
+            self.graph_exec = None
+        if self.graph is not None:
+            cudart.cudaGraphDestroy(self.graph)
+            self.graph = None
+        for b in self.buffers.values():
+            b.free(cudart)
         self.buffers = {}
-        if getattr(self, "stream", None) is not None:
-            self.cudart.cudaStreamDestroy(self.stream)
+        if self.stream is not None:
+            cudart.cudaStreamDestroy(self.stream)
             self.stream = None
+        self.context = self.engine = None

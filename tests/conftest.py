@@ -48,7 +48,7 @@ def random_inputs(n=2, res=32, seed=0):
 def trained():
     """The shipped trained model (the real-data parity checks run on it)."""
     from amnet.checkpoint import load_checkpoint
-    from cli.open import default_checkpoint
+    from amnet import default_checkpoint
 
     path = default_checkpoint()
     if not path.is_file():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from amnet.checkpoint import OFFICIAL_MAP, load_checkpoint, save_checkpoint
-from amnet.errors import CheckpointError
+from amnet.core.errors import CheckpointError
 from amnet.model import AMNet
 from tests.conftest import ROOT, random_inputs
 
@@ -134,7 +134,7 @@ def test_malicious_pickle_is_not_executed(tmp_path):
 
 def test_cli_bad_checkpoint_exits_2_without_traceback(tmp_path, official_layout):
     path = _bad_files(tmp_path, official_layout)["shape"]
-    r = subprocess.run([sys.executable, "-m", "cli", "info", str(path)], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "amnet.cli", "info", str(path)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "shape mismatch" in r.stderr
@@ -144,7 +144,7 @@ def test_cli_info_and_infer_on_official_checkpoint(official_g, tmp_path):
     import json
 
     path, _ = official_g
-    r = subprocess.run([sys.executable, "-m", "cli", "info", str(path), "--json"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "amnet.cli", "info", str(path), "--json"], capture_output=True, text=True,
                        cwd=ROOT)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
@@ -154,7 +154,7 @@ def test_cli_info_and_infer_on_official_checkpoint(official_g, tmp_path):
 
     feeds = random_inputs(2, 32)
     np.savez(tmp_path / "in.npz", **feeds)
-    r = subprocess.run([sys.executable, "-m", "cli", "infer", str(path), "--inputs", str(tmp_path / "in.npz"),
+    r = subprocess.run([sys.executable, "-m", "amnet.cli", "infer", str(path), "--inputs", str(tmp_path / "in.npz"),
                         "--output", str(tmp_path / "out.npz")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     out = np.load(tmp_path / "out.npz")
@@ -166,8 +166,8 @@ def test_cli_info_and_infer_on_official_checkpoint(official_g, tmp_path):
 
 
 def test_infer_refuses_a_delta_mismatch(checkpoint_file, tmp_path):
-    from amnet.errors import InputError
-    from cli.main import check_audio_delta, main
+    from amnet.core.errors import InputError
+    from amnet.cli.main import check_audio_delta, main
 
     with pytest.raises(InputError, match="'time' deltas but the model was trained with 'official'"):
         check_audio_delta({"audio_delta": np.array("time")}, "official")

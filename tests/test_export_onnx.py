@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from amnet.errors import ArtifactError, InputError
+from amnet.core.errors import ArtifactError, InputError
 from export.onnx_export import export_one, parity, to_onnx
 from tests.conftest import ROOT, random_inputs
 
@@ -59,7 +59,7 @@ def test_ort_parity_on_heldout_real_inputs(trained, tmp_path, resolution):
 def test_bucketed_runner_pads_and_trims(small_model, tmp_path):
     import torch
 
-    from runtimes.base import BucketedRunner
+    from amnet.core.runner import BucketedRunner
     from runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
     runners = {}
@@ -71,7 +71,7 @@ def test_bucketed_runner_pads_and_trims(small_model, tmp_path):
         assert r.bucket_for(1) == 1 and r.bucket_for(2) == 2 and r.bucket_for(7) == 2
         out = r.infer(feeds)
     with torch.no_grad():
-        ref, _ = small_model.set_gc_form("loop")(*(torch.from_numpy(feeds[k]) for k in ("source", "audio", "pose", "eye")))
+        ref, _ = small_model(*(torch.from_numpy(feeds[k]) for k in ("source", "audio", "pose", "eye")))
     assert out["face"].shape == (5, 3, 32, 32)
     np.testing.assert_allclose(out["face"], ref.numpy(), atol=1e-4)
 
@@ -119,7 +119,7 @@ def test_cli_infer_on_onnx_and_bad_inputs(b1_onnx, tmp_path):
     bad = random_inputs(1, 32)
     bad["eye"][0, 0] = np.nan
     np.savez(tmp_path / "bad.npz", **bad)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "cli", "infer", *map(str, a)],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "amnet.cli", "infer", *map(str, a)],  # noqa: E731
                                     capture_output=True, text=True, cwd=ROOT)
     ok = run(b1_onnx, "--inputs", tmp_path / "in.npz", "--output", tmp_path / "out.npz")
     assert ok.returncode == 0, ok.stderr

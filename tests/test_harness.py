@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from benchmarks.parity import judge
-from cli.main import main
+from amnet.cli.main import main
 from tests.conftest import random_inputs
 
 
@@ -49,7 +49,7 @@ def test_gate_fails_on_the_damaged_variant_and_names_it(build, checkpoint_file, 
 
 def test_gate_passes_without_the_damaged_variant_and_with_saved_reference(build, checkpoint_file, tmp_path):
     from amnet.checkpoint import load_checkpoint
-    from amnet.reference import reference_outputs
+    from runtimes.pytorch_runner import reference_outputs
 
     d, inputs = build
     ref = reference_outputs(load_checkpoint(checkpoint_file).model, dict(np.load(inputs)))

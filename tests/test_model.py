@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from amnet.errors import InputError
+from amnet.core.errors import InputError
 from amnet.model import AMNet, AMNetConfig, Discriminator, GeometricController, count_parameters
 
 
@@ -44,9 +44,10 @@ def test_whole_model_forms_agree(k):
     model = AMNet(AMNetConfig(kernel=k)).eval()
     args = (torch.rand(3, 3, 32, 24) * 2 - 1, torch.randn(3, 1, 64, 60), torch.randn(3, 3), torch.rand(3, 2))
     with torch.no_grad():
-        ref_face, ref_lm = model.set_gc_form("loop")(*args)
+        ref_face, ref_lm = model(*args)  # built in the loop form
         for form in ("grouped", "elementwise"):
-            face, lm = model.set_gc_form(form)(*args)
+            with model.gc_form(form):
+                face, lm = model(*args)
             assert (face - ref_face).abs().max() < 1e-5
             assert torch.equal(lm, ref_lm)
     assert ref_face.shape == (3, 3, 32, 24) and ref_lm.shape == (3, 212)

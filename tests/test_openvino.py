@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from amnet.errors import ArtifactError, InputError
-from benchmarks.metrics import compare
+from amnet.core.errors import ArtifactError, InputError
+from amnet.core.metrics import compare
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def ov_build(trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def heldout_ref(trained):
     from amnet.realdata import load_inputs
-    from amnet.reference import reference_outputs
+    from runtimes.pytorch_runner import reference_outputs
 
     feeds = load_inputs("heldout", 128, 8)
     return feeds, reference_outputs(trained, feeds)
@@ -121,7 +121,7 @@ def test_bad_ir_and_bad_mode(ov_build, tmp_path):
 def test_accuracy_controlled_int8_meets_its_psnr_floor(trained, tmp_path):
     """quantize_with_accuracy_control reverts layers until the face PSNR (capped at 50 dB) drops ≤ max_drop."""
     from amnet.realdata import load_inputs
-    from amnet.reference import reference_outputs
+    from runtimes.pytorch_runner import reference_outputs
     from export.onnx_export import export_one
     from export.openvino_build import PSNR_CAP, build_openvino
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amnet.errors import InputError
+from amnet.core.errors import InputError
 from amnet.signals import SAMPLE_RATE, audio_features, audio_window
 
 HAS_DLIB_MODEL = Path("/usr/share/dlib/shape_predictor_68_face_landmarks.dat").is_file()

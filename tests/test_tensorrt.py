@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from amnet.errors import RuntimeMissing
+from amnet.core.errors import RuntimeMissing
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 NO_TRT = "TensorRT is not installed (no NVIDIA GPU here): run benchmarks/gpu_smoke.sh on a GPU machine"
@@ -23,7 +23,7 @@ def fp32_onnx(trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def heldout(trained):
     from amnet.realdata import load_inputs
-    from amnet.reference import reference_outputs
+    from runtimes.pytorch_runner import reference_outputs
 
     feeds = load_inputs("heldout", 128, 8)
     return feeds, reference_outputs(trained, feeds)
@@ -38,7 +38,7 @@ def _run_ort(path, feeds):
 
 
 def test_fp16_onnx_keeps_fp32_io_and_fidelity(fp32_onnx, heldout):
-    from benchmarks.metrics import psnr
+    from amnet.core.metrics import psnr
     from export.tensorrt_build import precision_onnx
 
     path = precision_onnx(fp32_onnx, "fp16", fp32_onnx.parent, 128, 1, 32)
@@ -52,7 +52,7 @@ def test_fp16_onnx_keeps_fp32_io_and_fidelity(fp32_onnx, heldout):
 
 
 def test_int8_qdq_onnx_is_symmetric_per_channel_and_excludes_gc(fp32_onnx, heldout):
-    from benchmarks.metrics import psnr
+    from amnet.core.metrics import psnr
     from export.tensorrt_build import precision_onnx
 
     path = precision_onnx(fp32_onnx, "int8", fp32_onnx.parent, 128, 1, 32)
@@ -90,7 +90,7 @@ def test_missing_tensorrt_is_one_clear_line(tmp_path):
 def test_stale_engine_is_refused_by_its_sidecar(tmp_path):
     import json
 
-    from amnet.errors import ArtifactError
+    from amnet.core.errors import ArtifactError
     from runtimes.tensorrt_runner import check_engine_matches, sidecar_path
 
     engine = tmp_path / "m.engine"
@@ -106,7 +106,7 @@ def test_stale_engine_is_refused_by_its_sidecar(tmp_path):
 
 @pytest.mark.skipif(not HAS_TRT, reason=NO_TRT)
 def test_engine_parity_on_gpu(fp32_onnx, heldout, tmp_path):
-    from benchmarks.metrics import psnr
+    from amnet.core.metrics import psnr
     from benchmarks.parity import run_in_batches
     from export.tensorrt_build import build_engine, precision_onnx
     from runtimes.tensorrt_runner import TensorRTRunner

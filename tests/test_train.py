@@ -18,7 +18,7 @@ def tiny_data(n=8, res=32, seed=0):
 
 def test_loss_falls_on_a_few_steps():
     torch.manual_seed(0)
-    G, D = AMNet(AMNetConfig(landmarks=136)).set_gc_form("grouped"), Discriminator()
+    G, D = AMNet(AMNetConfig(landmarks=136), gc_form="grouped"), Discriminator()
     opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
     batch = next(PairSampler(tiny_data(), 32).batches(4))
@@ -83,7 +83,7 @@ def test_flip_sampler_mirrors_about_half_the_pairs():
 
 def test_evaluate_reports_per_identity_and_retrieval_ceiling(trained, tmp_path):
     """The held-out report on the shipped model; the ceiling is 1 when the training set holds the targets."""
-    from amnet.evaluate import evaluate
+    from benchmarks.evaluate import evaluate
     from amnet.realdata import heldout_identity
 
     with np.load("calibration_data/heldout.npz") as h:
@@ -104,7 +104,7 @@ def test_evaluate_reports_per_identity_and_retrieval_ceiling(trained, tmp_path):
 def test_flip_refuses_landmarks_it_cannot_mirror():
     import pytest
 
-    from amnet.errors import InputError
+    from amnet.core.errors import InputError
 
     data = tiny_data()
     data["landmarks"] = data["landmarks"][:, :100]

@@ -1,54 +1,22 @@
 """`amnet-deploy`: export, build, run and verify AMNet.
 
-Every subcommand prints one clear line and exits 2 on bad input (never a
-traceback); `parity` exits 1 when a variant fails its fidelity gate.
+Exit codes: 0 pass, 1 a check failed (`parity`, `export`'s parity, `choose`
+without a passing variant), 2 usage or input error, 3 internal error. Errors are
+one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
-from amnet.errors import AmnetError, InputError
-
-EXIT_FAIL, EXIT_USAGE = 1, 2
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _words(choices):
-    def parse(text: str) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        bad = [v for v in values if v not in choices]
-        if bad or not values:
-            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}; got {text!r}")
-        return values
-    return parse
-
-
-def _resolution(text: str) -> int:
-    r = int(text)
-    if r % 4 or r < 8:
-        raise argparse.ArgumentTypeError(f"resolution must be a multiple of 4 and ≥ 8, got {r}")
-    return r
-
-
-def _checkpoint_arg(p: argparse.ArgumentParser, help_extra: str = "") -> None:
-    from cli.open import default_checkpoint
-
-    p.add_argument("checkpoint", nargs="?", default=str(default_checkpoint()),
-                   help=f"AMNet checkpoint: .safetensors (ours) or official *_G.pth {help_extra}"
-                        f"(default: the shipped model, {default_checkpoint().name})")
-
+from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError
+from amnet.cli.args import THREADS, check_resolution, checkpoint_arg, ints, positive, resolution, words
+from amnet.core.fileio import load_npz
+from runtimes import registry
 
 # ---------------------------------------------------------------- commands
 
@@ -74,47 +42,40 @@ def cmd_info(args) -> int:
     return 0
 
 
+INFER_CHUNK = 8  # samples per call for models without a fixed batch: bounded memory for any N
+
+
 def cmd_infer(args) -> int:
-    import numpy as np
+    import time
 
-    from cli.open import open_runner
+    from amnet.core.fileio import check_output_path, save_npz
+    from amnet.core.runner import check_outputs, run_in_chunks
+    from runtimes.registry import open_runner
 
+    check_output_path(args.output)  # before any work: a device, FIFO or folder is refused up front
     feeds = load_npz(args.inputs)
     if args.resolution and "source" in feeds:
         from amnet.realdata import resize_source
 
         feeds["source"] = resize_source(feeds["source"], args.resolution)
-    with open_runner(args.model, threads=args.threads) as runner:
-        check_audio_delta(feeds, getattr(runner, "metadata", {}).get("audio_delta"))
+    if "source" in feeds and getattr(feeds["source"], "ndim", 0) == 4:
+        check_resolution(*feeds["source"].shape[-2:], batch=min(len(feeds["source"]), INFER_CHUNK))
+    with open_runner(args.model, threads=args.threads, verify=not args.no_verify) as runner:
+        check_audio_delta(feeds, runner.metadata.get("audio_delta"))
         feeds.pop("audio_delta", None)
         wanted = {s.name for s in runner.inputs}
-        out = runner.infer({k: v for k, v in feeds.items() if k in wanted} if wanted <= set(feeds) else feeds)
-        t = runner.inference_time
-    from amnet.checkpoint import atomic_write
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **out)
-
-    atomic_write(args.output, write)
+        feeds = {k: v for k, v in feeds.items() if k in wanted} if wanted <= set(feeds) else feeds
+        fixed = runner.inputs[0].batch
+        t = time.perf_counter()
+        if not feeds or not wanted <= set(feeds):
+            runner.infer(feeds)  # names what is missing, in one line
+        out = run_in_chunks(runner.infer, feeds, fixed or INFER_CHUNK, pad=fixed is not None)
+        t = time.perf_counter() - t
+    check_outputs(out, f"{runner.name} ({Path(args.model).name})")
+    save_npz(args.output, out)
     shapes = ", ".join(f"{k} {'×'.join(map(str, v.shape))}" for k, v in out.items())
     print(f"{runner.name} ({runner.precision}): {shapes} → {args.output}  [{t * 1000:.1f} ms]")
     return 0
-
-
-def load_npz(path) -> dict:
-    import zipfile
-
-    import numpy as np
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"inputs not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path.name} is not a readable .npz ({str(e).splitlines()[0][:100]})") from None
 
 
 def check_audio_delta(feeds: dict, expected: str | None) -> None:
@@ -128,20 +89,15 @@ def check_audio_delta(feeds: dict, expected: str | None) -> None:
 def cmd_signals(args) -> int:
     import numpy as np
 
-    from amnet.checkpoint import atomic_write
+    from amnet.core.fileio import save_npz, write_text
     from amnet.signals import extract
 
     arrays, report = extract(args.video, args.audio, args.delta, progress=not args.quiet)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     arrays["audio_delta"] = np.array(args.delta)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(out / "signals.npz", write)
-    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    save_npz(out / "signals.npz", arrays, compressed=True)
+    write_text(out / "report.json", json.dumps(report, indent=1))
     print(f"{len(arrays['face'])} frames with a face of {report['frames']} → {out / 'signals.npz'}; "
           f"skipped {len(report['no_face'])} without a face, {len(report['no_audio'])} past the audio's end")
     return 0
@@ -183,7 +139,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from amnet.checkpoint import load_checkpoint
-    from amnet.evaluate import evaluate
+    from benchmarks.evaluate import evaluate
 
     train = Path(args.train) if args.train else None
     if train is not None and not train.is_file():
@@ -195,48 +151,48 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from export.pipeline import export_checkpoint
+    from export.pipeline import PARITY_MAX_ABS, ExportOptions, export_checkpoint
 
-    manifest = export_checkpoint(args.checkpoint, Path(args.output), batches=args.batch, resolution=args.resolution,
-                                 dynamic=args.dynamic_batch, parts=args.parts, simplify=not args.no_simplify,
-                                 check_parity=not args.no_parity, threads=args.threads, progress=not args.quiet)
+    opts = ExportOptions(tuple(args.batch), args.resolution, args.dynamic_batch, tuple(args.parts),
+                         not args.no_simplify, not args.no_parity, args.threads, not args.quiet)
+    manifest = export_checkpoint(args.checkpoint, Path(args.output), opts)
     print_artifacts(manifest["artifacts"])
     failed = [a["file"] for a in manifest["artifacts"] if a.get("parity", {}).get("passed") is False]
     if failed:
-        print(f"parity FAILED (> {manifest['parity_threshold']:g} max abs): {', '.join(failed)}")
+        print(f"parity FAILED (> {PARITY_MAX_ABS:g} max abs): {', '.join(failed)}")
         return EXIT_FAIL
     return 0
 
 
 def print_artifacts(arts: list[dict]) -> None:
-    print(f"{'artifact':<40}{'form':<12}{'precision':<11}{'max abs err':>24}")
+    print(f"{'artifact':<40}{'runtime':<13}{'form':<12}{'precision':<11}{'max abs err':>24}")
     for a in arts:
         p = a.get("parity") or {}
         err = ", ".join(f"{k} {v['max_abs']:.1e}" for k, v in p.get("outputs", {}).items())
-        print(f"{a['file']:<40}{a['gc_form']:<12}{a['precision']:<11}{err:>24}")
+        print(f"{a['name']:<40}{a['runtime']:<13}{a.get('gc_form') or '':<12}{a['precision']:<11}{err:>24}")
 
 
 def cmd_build(args) -> int:
-    from export.pipeline import build_runtime
+    from export.pipeline import BuildOptions, build
 
-    manifest = build_runtime(args.model, args.runtime, args.precision, Path(args.output), batches=args.batch,
-                             resolution=args.resolution, calib_samples=args.calib_samples, preset=args.preset,
-                             accuracy_control=args.accuracy_control, max_drop=args.max_drop,
-                             version_compatible=args.version_compatible, progress=not args.quiet)
-    runtime = {"onnxruntime": "onnx"}.get(args.runtime, args.runtime)
-    print_artifacts([a for a in manifest["artifacts"] if a.get("runtime", "onnx") == runtime])
+    opts = BuildOptions(tuple(args.precision), tuple(args.batch), args.resolution, args.calib_samples, args.preset,
+                        args.accuracy_control, args.max_drop, args.version_compatible, not args.quiet)
+    manifest = build(Path(args.model), args.runtime, Path(args.output), opts)
+    print_artifacts([a for a in manifest["artifacts"] if a["runtime"] == args.runtime])
     return 0
 
 
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from amnet.core.artifacts import Precision
+
     p = argparse.ArgumentParser(prog="amnet-deploy", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("info", help="what a checkpoint holds: format, config, parameters, GFLOPs")
-    _checkpoint_arg(s)
+    checkpoint_arg(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_info)
 
@@ -245,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", required=True, help="npz with source (N×3×H×W in [-1,1]), audio (N×1×64×60), "
                                                    "pose (N×3), eye (N×2); or f_geo for a ψ-only model")
     s.add_argument("--output", required=True, help="npz to write: face, landmarks")
-    s.add_argument("--resolution", type=_resolution, help="resize source to R×R first")
-    s.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
+    s.add_argument("--resolution", type=resolution, help="resize source to R×R first")
+    s.add_argument("--threads", type=THREADS, help="CPU threads (default: the runtime's)")
+    s.add_argument("--no-verify", action="store_true", help="run an artifact even if its sha256 differs from "
+                                                             "its manifest")
     s.set_defaults(func=cmd_infer)
 
     s = sub.add_parser("signals", help="drive signals from a video and a speech track")
@@ -265,17 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", default="calibration_data")
     s.add_argument("--train-output", default="work/train.npz")
     s.add_argument("--delta", choices=("official", "time"), default="official")
-    s.add_argument("--calib-samples", type=int, default=64)
-    s.add_argument("--heldout-samples", type=int, default=48)
+    s.add_argument("--calib-samples", type=positive("--calib-samples"), default=64)
+    s.add_argument("--heldout-samples", type=positive("--heldout-samples"), default=48)
     s.set_defaults(func=cmd_dataset)
 
     s = sub.add_parser("train", help="train AMNet (L_G + 100·L_C + L_Adv) on a signals dataset")
     s.add_argument("data", help="training npz from `amnet-deploy dataset` (face, audio, pose, eye, landmarks, identity)")
     s.add_argument("--output", required=True, help="run folder: amnet.safetensors + train_state.pt each epoch")
-    s.add_argument("--epochs", type=int, default=100)
-    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--epochs", type=positive("--epochs"), default=100)
+    s.add_argument("--batch", type=positive("--batch"), default=16)
     s.add_argument("--lr", type=float, default=2e-4)
-    s.add_argument("--resolution", type=_resolution, default=256)
+    s.add_argument("--resolution", type=resolution, default=256)
     s.add_argument("--kernel", type=int, choices=(1, 3), default=1, help="GC kernel size")
     s.add_argument("--delta", choices=("official", "time"), default="official")
     s.add_argument("--decay-from", type=int, metavar="EPOCH",
@@ -283,41 +241,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flip", action="store_true",
                    help="mirror half the pairs (image, yaw/roll, eyes, 68 landmarks): more poses from few videos")
     s.add_argument("--minutes", type=float, help="stop after this much wall time (checkpoint kept)")
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=THREADS)
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="held-out quality: SSIM/PSNR vs the real target, dlib detection rate")
-    _checkpoint_arg(s)
-    s.add_argument("--resolution", type=_resolution, default=128)
+    checkpoint_arg(s)
+    s.add_argument("--resolution", type=resolution, default=128)
     s.add_argument("--grid", help="write a source | target | generated picture here (PNG)")
     s.add_argument("--train", help="training npz: also report the retrieval ceiling (each held-out target's "
                                    "best SSIM against the same person's training frames)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export", help="checkpoint → ONNX (grouped GC per batch bucket, or dynamic batch)")
-    _checkpoint_arg(s)
+    checkpoint_arg(s)
     s.add_argument("--output", required=True, help="folder for the .onnx files and manifest.json")
-    s.add_argument("--batch", type=_ints, default=[1], help="batch buckets, e.g. 1,2,4,8 (default 1)")
-    s.add_argument("--resolution", type=_resolution, default=256)
+    s.add_argument("--batch", type=ints, default=[1], help="batch buckets, e.g. 1,2,4,8 (default 1)")
+    s.add_argument("--resolution", type=resolution, default=256)
     s.add_argument("--dynamic-batch", action="store_true", help="also export the elementwise-GC dynamic-batch model")
-    s.add_argument("--parts", type=_words(("full", "fuser", "reenactor")), default=["full"],
+    s.add_argument("--parts", type=words(("full", "fuser", "reenactor")), default=["full"],
                    help="full, fuser (φ alone), reenactor (ψ on source + f_geo); comma-separated")
     s.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     s.add_argument("--no-parity", action="store_true", help="skip the ORT-vs-PyTorch check on held-out inputs")
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=THREADS)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("build", help="compile for a runtime: OpenVINO IR or TensorRT engines, FP32/FP16/INT8")
     s.add_argument("model", help="an export folder, an .onnx file, or a checkpoint")
-    s.add_argument("--runtime", choices=("openvino", "tensorrt", "onnxruntime"), required=True,
-                   help="onnxruntime: the FP16 / Q/DQ INT8 ONNX files TensorRT builds from, runnable anywhere")
-    s.add_argument("--precision", type=_words(("fp32", "fp16", "int8")), default=["fp32", "fp16", "int8"])
+    builders = {name: b for name, b in registry.backends().items() if b.builder is not None}
+    s.add_argument("--runtime", choices=tuple(builders), required=True,
+                   help="; ".join(f"{n}: {b.description}" for n, b in builders.items()))
+    s.add_argument("--precision", type=words(tuple(p.value for p in Precision)),
+                   default=None, help="comma-separated (default: all the runtime builds)")
     s.add_argument("--output", required=True)
-    s.add_argument("--batch", type=_ints, default=[1])
-    s.add_argument("--resolution", type=_resolution, default=256)
-    s.add_argument("--calib-samples", type=int, default=64, help="INT8 calibration samples from calibration_data/")
+    s.add_argument("--batch", type=ints, default=[1])
+    s.add_argument("--resolution", type=resolution, default=256)
+    s.add_argument("--calib-samples", type=positive("--calib-samples"), default=64,
+                   help="INT8 calibration samples from calibration_data/ (at most the 63 it holds)")
     s.add_argument("--preset", choices=("performance", "mixed"), default="mixed",
                    help="NNCF preset (mixed: asymmetric activations; measured +1 dB PSNR here)")
     s.add_argument("--accuracy-control", action="store_true",
@@ -331,23 +292,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_build)
 
-    from cli.harness import add_commands
+    from amnet.cli.harness import add_commands
 
-    add_commands(sub, _checkpoint_arg, _resolution)
+    add_commands(sub)
     return p
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    print(f"amnet-deploy: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = "?"
     try:
-        return args.func(args)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
+            return e.code if isinstance(e.code, int) else EXIT_USAGE
+        command = args.command
+        if getattr(args, "precision", None) is None and command == "build":
+            args.precision = [str(p) for p in registry.get(args.runtime).precisions]
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings
+            warnings.filterwarnings("once", category=UserWarning, module="amnet")
+            return args.func(args)
     except AmnetError as e:
-        print(f"amnet-deploy {args.command}: error: {e}", file=sys.stderr)
+        print(f"amnet-deploy {command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # disk full, read-only folder, permission denied: the user's to fix
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"amnet-deploy {command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and an exit code no gate reads as "failed"
+        print(f"amnet-deploy {command}: internal error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+              " (please report it; AMNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+        if os.environ.get("AMNET_DEBUG"):
+            raise
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

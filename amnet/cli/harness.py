@@ -2,25 +2,26 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from amnet.errors import InputError
-
-EXIT_FAIL = 1
+from amnet.cli.args import THREADS, checkpoint_arg, positive, resolution
+from amnet.core.errors import EXIT_FAIL, InputError
+from amnet.core.fileio import load_npz, write_text
+from amnet.core.runner import MODEL_INPUTS
+from runtimes import registry
 
 
 def _inputs(args, resolution: int) -> tuple[dict, str]:
     if args.inputs:
-        from cli.main import load_npz
-
         feeds = load_npz(args.inputs)
-        missing = {"source", "audio", "pose", "eye"} - set(feeds)
+        missing = set(MODEL_INPUTS) - set(feeds)
         if missing:
             raise InputError(f"{args.inputs} lacks {', '.join(sorted(missing))}")
-        return feeds, str(args.inputs)
+        return {k: feeds[k] for k in MODEL_INPUTS}, str(args.inputs)
     from amnet.realdata import load_inputs
 
     feeds = load_inputs("heldout", resolution, args.samples)
@@ -30,30 +31,25 @@ def _inputs(args, resolution: int) -> tuple[dict, str]:
 
 def _reference(args, feeds: dict) -> tuple[dict, str]:
     if args.reference:
-        from cli.main import load_npz
-
         ref = load_npz(args.reference)
-        if ref.get("face") is None or len(ref["face"]) != len(feeds["source"]):
-            raise InputError(f"{args.reference} must hold 'face' and 'landmarks' for all {len(feeds['source'])} inputs")
+        n = len(feeds["source"])
+        for k in ("face", "landmarks"):
+            v = ref.get(k)
+            if v is None or v.dtype.kind != "f" or v.ndim < 2 or len(v) != n:
+                raise InputError(f"{args.reference} must hold float '{k}' for all {n} inputs")
+        if ref["face"].shape[1:] != (3, *feeds["source"].shape[-2:]):
+            raise InputError(f"{args.reference}: face is {ref['face'].shape[1:]}, the inputs make "
+                             f"{(3, *feeds['source'].shape[-2:])}")
         return ref, f"saved reference {args.reference}"
-    from amnet.checkpoint import load_checkpoint
-    from amnet.reference import reference_outputs
+    from amnet.core.errors import RuntimeMissing
+    from benchmarks.parity import run_in_batches
 
-    model = load_checkpoint(args.checkpoint).require_full()
-    return reference_outputs(model, feeds), f"PyTorch FP32 ({Path(args.checkpoint).name}, loop GC)"
-
-
-def parse_overrides(items) -> dict:
-    out = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        if key.count(".") < 2 or not value:
-            raise InputError(f"--threshold wants PRECISION.OUTPUT.METRIC_min|max=VALUE, got {item!r}")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise InputError(f"--threshold value must be a number, got {value!r}") from None
-    return out
+    try:
+        runner = registry.open_runner(args.checkpoint, runtime="pytorch", threads=args.threads)
+    except RuntimeMissing as e:
+        raise RuntimeMissing(f"{e}; or pass --reference OUT.npz (reference outputs saved earlier)") from None
+    with runner:
+        return run_in_batches(runner, feeds, None), f"PyTorch FP32 ({Path(args.checkpoint).name}, loop GC)"
 
 
 def selected_variants(args, resolution: int) -> list:
@@ -66,16 +62,17 @@ def selected_variants(args, resolution: int) -> list:
 
 
 def run_parity(args, resolution: int, out_dir: Path) -> dict:
-    from benchmarks.parity import evaluate, load_thresholds, write_reports
+    from amnet.core.limits import load_limits
+    from benchmarks.parity import evaluate, write_reports
 
+    limits = load_limits(Path(args.thresholds) if args.thresholds else None, args.threshold, registry.backends())
     variants = selected_variants(args, resolution)
     if not variants:
         raise InputError(f"no variant at {resolution}² in {args.build}")
     feeds, inputs_desc = _inputs(args, resolution)
     reference, ref_desc = _reference(args, feeds)
-    thresholds = load_thresholds(Path(args.thresholds) if args.thresholds else None, parse_overrides(args.threshold))
-    results = evaluate(variants, feeds, reference, thresholds, args.threads, faces=not args.no_faces,
-                       progress=not args.quiet)
+    results = evaluate(variants, feeds, reference, limits, args.threads, faces=not args.no_faces,
+                       progress=not args.quiet, verify=not args.no_verify)
     header = {"reference": ref_desc, "inputs": inputs_desc, "samples": len(feeds["source"]), "resolution": resolution}
     write_reports(results, reference, out_dir, header)
     return {**header, "variants": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
@@ -102,7 +99,7 @@ def run_bench(args, resolution: int) -> dict:
     variants = selected_variants(args, resolution)
     gflops = None
     checkpoint = args.checkpoint if Path(args.checkpoint).is_file() else None
-    if checkpoint:
+    if checkpoint and not registry.get("pytorch").missing():
         from amnet.checkpoint import load_checkpoint
         from amnet.flops import gflops_per_frame
 
@@ -112,16 +109,15 @@ def run_bench(args, resolution: int) -> dict:
 
 
 def cmd_bench(args) -> int:
-    from amnet.checkpoint import atomic_write
     from benchmarks.bench import machine_info, markdown
 
     report = run_bench(args, args.resolution)
     report["machine"] = machine_info(args.threads or 2)
     out = Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "bench.json", lambda t: Path(t).write_text(json.dumps(report, indent=1) + "\n"))
+    write_text(out / "bench.json", json.dumps(report, indent=1) + "\n")
     text = markdown(report)
-    atomic_write(out / "bench.md", lambda t: Path(t).write_text(text))
+    write_text(out / "bench.md", text)
     print(text)
     return 0
 
@@ -171,7 +167,6 @@ def speed_plot(bench_rows: list[dict], passed: set[str], resolution: int, path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from amnet.checkpoint import atomic_write
     from benchmarks.bench import REAL_TIME_FPS
 
     rows = [r for r in bench_rows if "fps" in r]
@@ -191,13 +186,14 @@ def speed_plot(bench_rows: list[dict], passed: set[str], resolution: int, path: 
     ax.set_title(f"AMNet at {resolution}×{resolution} (grey: failed the parity gate)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
+    from amnet.core.fileio import atomic_write
+
     atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
     plt.close(fig)
     return path
 
 
 def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
-    from amnet.checkpoint import atomic_write
     from benchmarks.bench import machine_info
     from benchmarks.bench import markdown as bench_md
 
@@ -216,8 +212,8 @@ def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
     text = (choose_markdown(ranked, resolution, args.threads or 2, excluded) + f"\n![speed]({plot.name})\n\n"
             + bench_md(bench) + "\n" + parity_md(parity).replace("# Parity", "## Parity", 1)
             + f"\nPer-variant pictures (reference | variant | difference): `parity_{resolution}/parity_*.png`\n")
-    atomic_write(out_dir / f"choose_{resolution}.json", lambda t: Path(t).write_text(json.dumps(result, indent=1)))
-    atomic_write(out_dir / f"choose_{resolution}.md", lambda t: Path(t).write_text(text))
+    write_text(out_dir / f"choose_{resolution}.json", json.dumps(result, indent=1))
+    write_text(out_dir / f"choose_{resolution}.md", text)
     return result, text
 
 
@@ -228,26 +224,42 @@ def cmd_choose(args) -> int:
     return 0 if result["recommended"] else EXIT_FAIL
 
 
+PIPELINE_BATCHES = (1,)
+
+
+def display_path(path) -> str:
+    """Relative to the current folder when under it: reports carry no machine-specific absolute paths."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def cmd_pipeline(args) -> int:
     """export → build every runtime this machine has → parity → bench → choose, into one report folder."""
-    from amnet.checkpoint import atomic_write, load_checkpoint, summary
-    from export.pipeline import build_runtime, export_checkpoint
+    from amnet.checkpoint import load_checkpoint, summary
+    from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
 
     t0 = time.time()
     out = Path(args.output)
-    build = out / "build"
-    args.build = str(build)
+    build_dir = out / "build"
+    args.build = str(build_dir)
     sections = []
     info = summary(load_checkpoint(args.checkpoint))
+    info["path"] = display_path(info["path"])
     print(f"model: {info['path']} ({info['format']}, {info['parameters']})")
+    quiet = args.quiet
     for r in args.resolutions:
-        export_checkpoint(args.checkpoint, build, [1], r, progress=not args.quiet)
-        build_runtime(build, "onnxruntime", ["fp16", "int8"], build, [1], r, progress=not args.quiet)
-        build_runtime(build, "openvino", ["fp32", "fp16", "int8"], build, [1], r, progress=not args.quiet)
-        try:
-            build_runtime(build, "tensorrt", ["fp16", "int8"], build, [1], r, progress=not args.quiet)
-        except Exception as e:  # noqa: BLE001 - TensorRT absent here: said once, the run goes on
-            print(f"tensorrt skipped: {str(e).splitlines()[0]}")
+        export_checkpoint(args.checkpoint, build_dir, ExportOptions(PIPELINE_BATCHES, r, progress=not quiet))
+        for name, backend in registry.backends().items():
+            if backend.builder is None:
+                continue
+            missing = backend.missing(build=True)
+            if missing:  # e.g. TensorRT on a machine without a GPU: said once, the run goes on
+                print(f"{name} skipped: {missing}")
+                continue
+            build(build_dir, name, build_dir, BuildOptions(backend.precisions, PIPELINE_BATCHES, r, progress=not quiet))
     results = {}
     for r in args.resolutions:
         result, text = choose(args, r, out)
@@ -257,10 +269,10 @@ def cmd_pipeline(args) -> int:
     head = ["# amnet-deploy report", "", f"Model: `{info['path']}` ({info['format']}, sha256 {info['sha256'][:12]}…), "
             f"parameters {info['parameters']}.", f"Generated in {minutes:.1f} min on {results[args.resolutions[0]]['machine']['cpu']}.", ""]
     report = "\n".join(head) + "\n".join(sections)
-    atomic_write(out / "report.md", lambda t: Path(t).write_text(report))
-    atomic_write(out / "report.json", lambda t: Path(t).write_text(json.dumps(
+    write_text(out / "report.md", report)
+    write_text(out / "report.json", json.dumps(
         {"model": info, "minutes": round(minutes, 2), "results": {str(k): v for k, v in results.items()}},
-        indent=1, default=float)))
+        indent=1, default=float))
     print(report)
     print(f"report → {out}/report.md (+ report.json, parity_*/, choose_*.md)")
     # The report is the product: variants that fail the gate are listed and excluded, not fatal.
@@ -268,22 +280,26 @@ def cmd_pipeline(args) -> int:
     return 0 if all(v["recommended"] for v in results.values()) else EXIT_FAIL
 
 
-def add_commands(sub, checkpoint_arg, resolution_type) -> None:
+def add_commands(sub) -> None:
     def common(s, build=True):
         checkpoint_arg(s, "for the reference and eager timing ")
         if build:
             s.add_argument("--build", required=True, help="build folder (its manifest.json lists the variants)")
-        s.add_argument("--resolution", type=resolution_type, default=256)
+        s.add_argument("--resolution", type=resolution, default=256)
         s.add_argument("--inputs", help="npz with source/audio/pose/eye (default: held-out real inputs)")
-        s.add_argument("--samples", type=int, default=24, help="held-out samples to use")
+        s.add_argument("--samples", type=positive("--samples"), default=24,
+                       help="held-out samples to use (at most the 47 calibration_data/heldout.npz holds)")
         s.add_argument("--reference", help="npz of reference outputs saved earlier (no torch needed)")
-        s.add_argument("--thresholds", help="thresholds JSON (default benchmarks/thresholds.json)")
-        s.add_argument("--threshold", action="append", metavar="PREC.OUT.METRIC_min=V",
-                       help="override one limit, e.g. int8.face.psnr_min=30 (repeatable)")
+        s.add_argument("--thresholds", help="thresholds JSON (default amnet/core/thresholds.json)")
+        s.add_argument("--threshold", action="append", metavar="GROUP.OUT.METRIC_min=V",
+                       help="override one limit, e.g. int8.face.psnr_min=30 or openvino-int8.face.ssim_min=0.98 "
+                            "(repeatable; beats the file)")
         s.add_argument("--only", help="comma-separated substrings of variant names to include")
-        s.add_argument("--threads", type=int, default=2)
-        s.add_argument("--iters", type=int, default=30, help="timed iterations per variant")
-        s.add_argument("--no-faces", action="store_true", help="skip the dlib detection/landmark checks")
+        s.add_argument("--threads", type=THREADS, default=min(2, os.cpu_count() or 1))
+        s.add_argument("--iters", type=positive("--iters"), default=30, help="timed iterations per variant")
+        s.add_argument("--no-faces", action="store_true",
+                       help="waive the dlib detection/landmark checks (otherwise they must run, or the gate fails)")
+        s.add_argument("--no-verify", action="store_true", help="run artifacts whose sha256 differs from the manifest")
         s.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("parity", help="fidelity gate: every built variant vs PyTorch FP32 (exit 1 on failure)")
@@ -305,5 +321,5 @@ def add_commands(sub, checkpoint_arg, resolution_type) -> None:
     s = sub.add_parser("pipeline", help="the main job: export → build → parity → bench → choose, one report")
     common(s, build=False)
     s.add_argument("--output", default="reports/latest")
-    s.add_argument("--resolutions", type=lambda t: [resolution_type(x) for x in t.split(",")], default=[256, 128])
+    s.add_argument("--resolutions", type=lambda t: [resolution(x) for x in t.split(",")], default=[256, 128])
     s.set_defaults(func=cmd_pipeline)

@@ -1,7 +1,10 @@
 """One error family, so the CLI can print one clear line instead of a traceback.
 
-This module imports nothing heavy: the torch-free runtimes share it.
+Exit codes (the CLI's contract): 0 pass, 1 a check failed, 2 usage or input
+error (every AmnetError, and an OSError such as a full disk), 3 internal error.
 """
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class AmnetError(Exception):
@@ -20,5 +23,9 @@ class ArtifactError(AmnetError):
     """A corrupt, truncated or foreign exported artifact (ONNX, IR, engine)."""
 
 
+class IntegrityError(ArtifactError):
+    """An artifact whose bytes differ from what its manifest recorded (tampered or half-written)."""
+
+
 class RuntimeMissing(AmnetError):
-    """A runtime (OpenVINO, TensorRT, ...) that is not installed here."""
+    """A runtime or package (OpenVINO, TensorRT, torch, ...) that is not installed here."""

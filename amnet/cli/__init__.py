@@ -1,0 +1,1 @@
+"""The `amnet-deploy` command line: the top layer."""

@@ -1,0 +1,5 @@
+import sys
+
+from amnet.cli.main import main
+
+sys.exit(main())

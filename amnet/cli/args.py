@@ -1,0 +1,76 @@
+"""Argument types and shared arguments of the CLI (one place, for `main` and `harness`)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from amnet import default_checkpoint
+from amnet.core.errors import InputError
+
+# Above this the eager reference needs more memory than a laptop has (≈ BYTES_PER_PIXEL per pixel per sample,
+# measured as peak RSS of a batch-1 PyTorch forward at 512² on this project's CI machine).
+MAX_RESOLUTION = 1024
+BYTES_PER_PIXEL = 4400
+
+
+def ints(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def words(choices):
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}; got {text!r}")
+        return values
+    return parse
+
+
+def resolution(text: str) -> int:
+    try:
+        r = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution must be an integer, got {text!r}") from None
+    if r % 4 or r < 8:
+        raise argparse.ArgumentTypeError(f"resolution must be a multiple of 4 and ≥ 8, got {r}")
+    try:
+        check_resolution(r, r)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return r
+
+
+def check_resolution(h: int, w: int, batch: int = 1) -> None:
+    if max(h, w) > MAX_RESOLUTION:
+        need = BYTES_PER_PIXEL * h * w * batch / 2 ** 30
+        raise InputError(f"{h}×{w} is above the {MAX_RESOLUTION}² maximum: one frame would need ≈ {need:.0f} GiB "
+                         "of memory in the reference")
+
+
+def positive(what: str, upper: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if v < 1 or (upper is not None and v > upper):
+            raise argparse.ArgumentTypeError(f"{what} must be between 1 and {upper}, got {v}" if upper
+                                             else f"{what} must be ≥ 1, got {v}")
+        return v
+    return parse
+
+
+THREADS = positive("threads (bounded by this machine's cores)", os.cpu_count() or 1)
+
+
+def checkpoint_arg(p: argparse.ArgumentParser, help_extra: str = "") -> None:
+    p.add_argument("checkpoint", nargs="?", default=str(default_checkpoint()),
+                   help=f"AMNet checkpoint: .safetensors (ours) or official *_G.pth {help_extra}"
+                        f"(default: the shipped model, {default_checkpoint().name})")

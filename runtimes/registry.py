@@ -1,0 +1,193 @@
+"""The runtime registry: one entry per backend, read by the CLI, `open_runner`, the pipeline, parity, bench and choose.
+
+An entry names the backend, the artifact suffixes it runs, the precisions its
+builder produces, its runner and builder (as ``"module:attribute"`` so nothing
+heavy is imported until asked for, or as the objects themselves), and the
+packages it needs with a one-line install hint. Adding a backend = one module
+with its runner (and one with its builder, under ``export/``) + one `register`
+call: here for the built-in ones, or in a plugin module named in
+``AMNET_BACKENDS`` (comma-separated module names, imported on first use, also
+by the benchmark's child processes).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from amnet.core import artifacts
+from amnet.core.artifacts import Precision
+from amnet.core.errors import InputError, RuntimeMissing
+from amnet.core.fileio import lazy_import
+from amnet.core.runner import BucketedRunner, Runner
+
+
+@dataclass(frozen=True)
+class Requirement:
+    module: str  # import name
+    min_version: str | None = None
+    distribution: str | None = None  # pip name, when it differs
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    suffixes: tuple[str, ...]
+    runner: str | Callable[..., Runner]
+    precisions: tuple[Precision, ...] = ()  # what its builder produces
+    builder: str | Callable | None = None
+    requires: tuple[Requirement, ...] = ()
+    build_requires: tuple[Requirement, ...] = ()
+    hint: str = ""
+    options: tuple[str, ...] = ()  # runner keyword options beyond path/threads/precision
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def missing(self, build: bool = False) -> str | None:
+        """None when this machine can run (or build) it; else the one-line reason with the install hint."""
+        for req in self.requires + (self.build_requires if build else ()):
+            try:
+                lazy_import(req.module, self.hint, req.min_version, req.distribution)
+            except RuntimeMissing as e:
+                return str(e)
+        return None
+
+    def load_runner(self) -> Callable[..., Runner]:
+        return _resolve(self.runner)
+
+    def load_builder(self) -> Callable:
+        if self.builder is None:
+            raise InputError(f"runtime {self.name!r} has no builder: it runs files made by `export` or another build")
+        problem = self.missing(build=True)
+        if problem:
+            raise RuntimeMissing(problem)
+        return _resolve(self.builder)
+
+
+def _resolve(target):
+    if not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_REGISTRY: dict[str, Backend] = {}
+_PLUGINS_LOADED: set[str] = set()
+
+
+def register(backend: Backend) -> Backend:
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _load_plugins() -> None:
+    for module in filter(None, (m.strip() for m in os.environ.get("AMNET_BACKENDS", "").split(","))):
+        if module not in _PLUGINS_LOADED:
+            _PLUGINS_LOADED.add(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise InputError(f"AMNET_BACKENDS names {module!r}, which cannot be imported ({e})") from None
+
+
+def backends() -> dict[str, Backend]:
+    _load_plugins()
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> Backend:
+    found = backends().get(name)
+    if found is None:
+        raise InputError(f"unknown runtime {name!r}; known: {', '.join(backends())}")
+    return found
+
+
+def for_path(path: Path) -> Backend:
+    suffix = Path(path).suffix.lower()
+    for b in backends().values():
+        if suffix in b.suffixes:
+            return b
+    known = ", ".join(s for b in backends().values() for s in b.suffixes)
+    raise InputError(f"don't know how to run {Path(path).name}: expected one of {known}, or an export folder")
+
+
+# ---------------------------------------------------------------- opening artifacts
+
+def open_runner(path: str | Path, threads: int | None = None, precision: str | None = None, verify: bool = True,
+                runtime: str | None = None, **options) -> Runner:
+    """A runner (not yet activated) for any model file or export folder.
+
+    Files listed in a manifest are checked against its sha256 first (``verify``);
+    a logical artifact name (without the content token) resolves to its current file.
+    """
+    path = artifacts.resolve(Path(path))
+    if not path.exists():
+        raise InputError(f"model not found: {path}")
+    if path.is_dir():
+        return _open_bucket_dir(path, threads, precision, verify, runtime, **options)
+    backend = get(runtime) if runtime else for_path(path)
+    found = artifacts.entry_for(path)
+    if found is not None:
+        if verify:
+            artifacts.verify(*found)
+        precision = precision or found[1]["precision"]
+    unknown = sorted(set(options) - set(backend.options))
+    if unknown:
+        raise InputError(f"runtime {backend.name} has no option {', '.join(unknown)}")
+    problem = backend.missing()
+    if problem:
+        raise RuntimeMissing(problem)
+    return backend.load_runner()(path, threads=threads, precision=precision, **options)
+
+
+def _open_bucket_dir(path: Path, threads, precision, verify, runtime, **options) -> Runner:
+    """An export folder: the full-model artifacts of one runtime and precision, as batch buckets."""
+    if not (path / artifacts.MANIFEST).is_file():
+        raise InputError(f"{path} has no manifest.json: pass one artifact file instead")
+    runtime, precision = runtime or "onnxruntime", precision or "fp32"
+    chosen = [a for a in artifacts.read(path)["artifacts"] if a["part"] == "full" and a["runtime"] == runtime
+              and a["precision"] == precision and a.get("batch") is not None]
+    resolutions = {a.get("resolution") for a in chosen}
+    if not chosen:
+        raise InputError(f"{path}/manifest.json lists no fixed-batch full-model {runtime} {precision} artifact")
+    if len(resolutions) > 1:
+        raise InputError(f"{path} holds {runtime} {precision} models at several resolutions "
+                         f"({', '.join(f'{r}²' for r in sorted(resolutions))}): pass one file instead")
+    return BucketedRunner({a["batch"]: open_runner(path / a["file"], threads, precision, verify, runtime, **options)
+                           for a in chosen})
+
+
+# ---------------------------------------------------------------- the built-in backends
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+TRT_HINT = ("on a machine with an NVIDIA GPU and driver: pip install tensorrt cuda-python "
+            "(CUDA 12 drivers: pip install tensorrt-cu12 'cuda-python>=12.6,<13')")
+
+register(Backend(
+    "pytorch", CHECKPOINT_SUFFIXES, "runtimes.pytorch_runner:TorchRunner", precisions=(Precision.FP32,),
+    requires=(Requirement("torch", "2.6"),), hint="pip install 'amnet-deploy[export]' (PyTorch)",
+    options=("gc_form",), description="eager PyTorch on the CPU: the FP32 reference"))
+register(Backend(
+    "onnxruntime", (".onnx",), "runtimes.onnxruntime_runner:OnnxRuntimeRunner",
+    precisions=(Precision.FP16, Precision.INT8), builder="export.onnx_precision:build",
+    requires=(Requirement("onnxruntime", "1.20"),), build_requires=(Requirement("onnx", "1.17"),),
+    hint="pip install onnxruntime (building: pip install 'amnet-deploy[export]')", options=("providers",),
+    description="ONNX Runtime, CPU: the exported FP32 ONNX, and the FP16 / Q/DQ INT8 files TensorRT builds from"))
+register(Backend(
+    "openvino", (".xml",), "runtimes.openvino_runner:OpenVinoRunner",
+    precisions=(Precision.FP32, Precision.FP16, Precision.INT8), builder="export.openvino_build:build",
+    requires=(Requirement("openvino", "2025.0"),), build_requires=(Requirement("nncf", "2.16"),),
+    hint="pip install openvino (building INT8: pip install nncf)", options=("mode", "cache_dir", "compute", "streams"),
+    description="OpenVINO CPU plugin: FP32, FP16 weights, INT8 by NNCF"))
+register(Backend(
+    "tensorrt", (".engine", ".plan"), "runtimes.tensorrt_runner:TensorRTRunner",
+    precisions=(Precision.FP32, Precision.FP16, Precision.INT8), builder="export.tensorrt_build:build",
+    requires=(Requirement("tensorrt", "10.0"), Requirement("cuda.bindings", None, "cuda-python")),
+    build_requires=(Requirement("onnx", "1.17"),), hint=TRT_HINT, options=("cuda_graph",),
+    description="strongly typed TensorRT 10/11 engines on an NVIDIA GPU"))
