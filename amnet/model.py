@@ -224,7 +224,7 @@ class AMNet(nn.Module):
     def gc_form(self, form: str):
         """Run GC in another form inside the block; the previous form comes back after it.
 
-        The three forms compute the same function (within 1e-5): the choice is how
+        The three forms compute the same function (within fp32 rounding): the choice is how
         it is traced or executed (loop: reference, grouped: export, elementwise:
         dynamic batch), so the model is never switched for good from outside.
         """

@@ -14,57 +14,48 @@ THREADS = 2
 
 @pytest.fixture(scope="module", params=[256, 128], ids=lambda r: f"r{r}")
 def setup(request, tmp_path_factory):
-    from amnet.checkpoint import load_checkpoint, save_checkpoint
     from amnet import default_checkpoint
-    from export.openvino_build import build_openvino
-    from export.pipeline import build_onnx_precisions, export_checkpoint
+    from amnet.checkpoint import load_checkpoint
+    from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
 
     r = request.param
     d = tmp_path_factory.mktemp(f"bench{r}")
-    model = load_checkpoint(default_checkpoint()).model
-    ckpt = save_checkpoint(d / "m.safetensors", model)
-    export_checkpoint(ckpt, d, [1], r, check_parity=False, progress=False)
-    build_onnx_precisions(d, ["int8"], d, [1], r, 32, progress=False)
-    build_openvino(d, ["fp32", "int8"], d, [1], r, calib_samples=32, progress=False)
+    export_checkpoint(default_checkpoint(), d, ExportOptions((1,), r, check_parity=False, progress=False))
+    build(d, "onnxruntime", d, BuildOptions(("int8",), (1,), r, 32, progress=False))
+    build(d, "openvino", d, BuildOptions(("fp32", "int8"), (1,), r, 32, progress=False))
     rng = np.random.default_rng(0)
     feeds = {"source": rng.uniform(-1, 1, (1, 3, r, r)).astype(np.float32),
              "audio": rng.normal(0, 30, (1, 1, 64, 60)).astype(np.float32),
              "pose": rng.normal(0, .2, (1, 3)).astype(np.float32), "eye": np.full((1, 2), .3, np.float32)}
-    return r, d, model, feeds
+    return r, d, load_checkpoint(default_checkpoint(), gc_form="grouped").model, feeds
 
 
-def _bench(benchmark, fn):
-    fn()  # warm-up
-    benchmark.pedantic(fn, rounds=10, iterations=1, warmup_rounds=1)
+def _bench(benchmark, runner, feeds):
+    with runner:
+        runner.infer(feeds)  # warm-up
+        benchmark.pedantic(lambda: runner.infer(feeds), rounds=10, iterations=1, warmup_rounds=1)
 
 
 def test_pytorch_eager(benchmark, setup):
+    from runtimes.pytorch_runner import TorchRunner
+
     _, _, model, feeds = setup
     torch.set_num_threads(THREADS)
-    model.set_gc_form("grouped")
-    args = [torch.from_numpy(feeds[k]) for k in ("source", "audio", "pose", "eye")]
-
-    def run():
-        with torch.inference_mode():
-            model(*args)
-
-    _bench(benchmark, run)
+    _bench(benchmark, TorchRunner(model, threads=THREADS, gc_form="grouped"), feeds)
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_onnxruntime(benchmark, setup, variant):
-    from runtimes.onnxruntime_runner import OnnxRuntimeRunner
+    from runtimes.registry import open_runner
 
     r, d, _, feeds = setup
     name = f"amnet_full_b1_r{r}{'' if variant == 'fp32' else '_int8'}.onnx"
-    runner = OnnxRuntimeRunner(d / name, threads=THREADS)
-    _bench(benchmark, lambda: runner.infer(feeds))
+    _bench(benchmark, open_runner(d / name, threads=THREADS), feeds)
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_openvino(benchmark, setup, variant):
-    from runtimes.openvino_runner import OpenVinoRunner
+    from runtimes.registry import open_runner
 
     r, d, _, feeds = setup
-    runner = OpenVinoRunner(d / f"amnet_full_b1_r{r}_ov_{variant}.xml", threads=THREADS, precision=variant)
-    _bench(benchmark, lambda: runner.infer(feeds))
+    _bench(benchmark, open_runner(d / f"amnet_full_b1_r{r}_ov_{variant}.xml", threads=THREADS), feeds)

@@ -45,6 +45,33 @@ def random_inputs(n=2, res=32, seed=0):
 
 
 @pytest.fixture(scope="session")
+def small_build(checkpoint_file, tmp_path_factory):
+    """The small model exported at 32², batch 1 and 2, plus five random inputs: (folder, inputs.npz)."""
+    from export.pipeline import ExportOptions, export_checkpoint
+
+    d = tmp_path_factory.mktemp("small_build")
+    export_checkpoint(checkpoint_file, d, ExportOptions((1, 2), 32, check_parity=False, progress=False))
+    inputs = d.parent / f"{d.name}_in.npz"
+    np.savez(inputs, **random_inputs(5, 32))
+    return d, inputs
+
+
+def copy_build(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def limits():
+    """The product's own limits file: tests read bars from it, never retype them."""
+    from amnet.core.limits import load_limits
+
+    return load_limits()
+
+
+@pytest.fixture(scope="session")
 def trained():
     """The shipped trained model (the real-data parity checks run on it)."""
     from amnet.checkpoint import load_checkpoint

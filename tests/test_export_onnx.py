@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from amnet.core.errors import ArtifactError, InputError
-from export.onnx_export import export_one, parity, to_onnx
+from export.onnx_export import export_file, parity, to_onnx
+from export.pipeline import PARITY_MAX_ABS
 from tests.conftest import ROOT, random_inputs
 
 
@@ -36,9 +37,9 @@ def test_dynamic_export_has_symbolic_batch_and_no_dynamic_convs(small_model):
 
 
 def test_metadata_and_checker(small_model, tmp_path):
-    art, proto = export_one(small_model, tmp_path, "full", 2, 32, "abc123")
-    onnx.checker.check_model(str(tmp_path / art.file))
-    meta = {p.key: p.value for p in onnx.load(str(tmp_path / art.file)).metadata_props}
+    path = export_file(small_model, tmp_path, "full", 2, 32, "abc123")
+    onnx.checker.check_model(str(path))
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["source_checkpoint_sha256"] == "abc123" and meta["gc_form"] == "grouped"
     assert meta["batch"] == "2" and meta["resolution"] == "32" and meta["gc_kernel"] == "1"
     assert meta["producer"].startswith("amnet-deploy") and meta["simplified"] == "true"
@@ -50,10 +51,10 @@ def test_ort_parity_on_heldout_real_inputs(trained, tmp_path, resolution):
 
     feeds = parity_feeds(trained, resolution, limit=4)
     for part, batch in (("full", 1), ("full", 2), ("full", None), ("fuser", 1), ("reenactor", 2)):
-        art, _ = export_one(trained, tmp_path, part, batch, resolution, "x")
-        errs = parity(trained, tmp_path / art.file, part, feeds, batch, threads=2)
+        path = export_file(trained, tmp_path, part, batch, resolution, "x")
+        errs = parity(trained, path, part, feeds, batch, threads=2)
         for out, e in errs.items():
-            assert e["max_abs"] <= 1e-4, (art.file, out, e)
+            assert e["max_abs"] <= PARITY_MAX_ABS, (path.name, out, e)
 
 
 def test_bucketed_runner_pads_and_trims(small_model, tmp_path):
@@ -64,8 +65,7 @@ def test_bucketed_runner_pads_and_trims(small_model, tmp_path):
 
     runners = {}
     for b in (1, 2):
-        art, _ = export_one(small_model, tmp_path, "full", b, 32, "x")
-        runners[b] = OnnxRuntimeRunner(tmp_path / art.file)
+        runners[b] = OnnxRuntimeRunner(export_file(small_model, tmp_path, "full", b, 32, "x"))
     feeds = random_inputs(5, 32)
     with BucketedRunner(runners) as r:
         assert r.bucket_for(1) == 1 and r.bucket_for(2) == 2 and r.bucket_for(7) == 2
@@ -79,8 +79,7 @@ def test_bucketed_runner_pads_and_trims(small_model, tmp_path):
 @pytest.fixture(scope="module")
 def b1_onnx(small_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx")
-    art, _ = export_one(small_model, d, "full", 1, 32, "x")
-    return d / art.file
+    return export_file(small_model, d, "full", 1, 32, "x")
 
 
 @pytest.mark.parametrize("mutate,match", [
@@ -110,7 +109,7 @@ def test_corrupt_and_truncated_onnx(b1_onnx, tmp_path):
     garbage.write_bytes(b"\x00not an onnx model" * 50)
     for f in (truncated, garbage):
         with pytest.raises(ArtifactError, match="not a loadable ONNX model") as e:
-            OnnxRuntimeRunner(f)
+            OnnxRuntimeRunner(f).activate()
         assert "\n" not in str(e.value)
 
 
@@ -129,21 +128,58 @@ def test_cli_infer_on_onnx_and_bad_inputs(b1_onnx, tmp_path):
     assert not (tmp_path / "out2.npz").exists()
 
 
-def test_failed_write_leaves_nothing_behind(small_model, tmp_path, monkeypatch):
+def test_a_write_that_fails_midway_keeps_the_old_file(tmp_path, monkeypatch):
+    """atomic_write: half the bytes written, then the disk fills: the old file is intact, no temp file is left."""
+    from amnet.core.fileio import atomic_write
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"old" * 1000)
+
+    def half_then_full(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"new" * 500)  # a real partial file exists when the error comes
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, half_then_full)
+    assert target.read_bytes() == b"old" * 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_an_export_that_fails_midway_keeps_the_previous_build(small_model, tmp_path, monkeypatch):
+    """The second of two files fails to serialise: the folder still holds exactly the first build, verified."""
     import export.onnx_export as ox
+    from amnet.core import artifacts
+    from export.pipeline import ExportOptions, export_checkpoint
+    from amnet.checkpoint import save_checkpoint
 
-    def boom(self, *a, **k):
-        raise OSError("disk full")
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", small_model)
+    build = tmp_path / "b"
+    before = export_checkpoint(ckpt, build, ExportOptions((1,), 32, check_parity=False, progress=False))
+    calls = []
+    real = ox.save_onnx
 
-    monkeypatch.setattr("pathlib.Path.write_bytes", boom)
+    def fail_second(proto, path):
+        calls.append(path)
+        if len(calls) == 2:
+            path.write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+        return real(proto, path)
+
+    monkeypatch.setattr(ox, "save_onnx", fail_second)
     with pytest.raises(OSError):
-        ox.export_one(small_model, tmp_path, "full", 1, 32, "x")
-    assert list(tmp_path.iterdir()) == []
+        export_checkpoint(ckpt, build, ExportOptions((1, 2), 32, check_parity=False, progress=False))
+    after = artifacts.read(build)
+    assert after["artifacts"] == before["artifacts"]
+    for a in after["artifacts"]:
+        artifacts.verify(build, a)
+    assert sorted(p.name for p in build.iterdir() if not p.name.startswith(".manifest")) == sorted(
+        [a["file"] for a in after["artifacts"]] + ["manifest.json"])
 
 
 def test_runtimes_package_does_not_import_torch():
-    code = ("import sys, runtimes, runtimes.base, runtimes.onnxruntime_runner, runtimes.openvino_runner, "
-            "runtimes.tensorrt_runner; print('torch' in sys.modules)")
+    code = ("import sys, runtimes, runtimes.registry, runtimes.onnxruntime_runner, runtimes.openvino_runner, "
+            "runtimes.tensorrt_runner, amnet.core.runner; print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"

@@ -9,13 +9,13 @@ from amnet.core.metrics import compare
 @pytest.fixture(scope="module")
 def ov_build(trained, tmp_path_factory):
     from amnet.checkpoint import save_checkpoint
-    from export.openvino_build import build_openvino
-    from export.pipeline import export_checkpoint
+    from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
 
     d = tmp_path_factory.mktemp("ov")
-    ckpt = save_checkpoint(d / "m.safetensors", trained)
-    export_checkpoint(ckpt, d, [1], 128, check_parity=False, progress=False)
-    manifest = build_openvino(d, ["fp32", "fp16", "int8"], d, [1], 128, calib_samples=32, progress=False)
+    ckpt = save_checkpoint(d.parent / f"{d.name}.safetensors", trained)
+    export_checkpoint(ckpt, d, ExportOptions((1,), 128, check_parity=False, progress=False))
+    manifest = build(d, "openvino", d, BuildOptions(("fp32", "fp16", "int8"), (1,), 128, calib_samples=32,
+                                                    progress=False))
     return d, {a["precision"]: a for a in manifest["artifacts"] if a["runtime"] == "openvino"}
 
 
@@ -38,39 +38,60 @@ def run(path, feeds, precision, **kw):
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, compute, ops
 
 
+def cpu_flags() -> set[str]:
+    from pathlib import Path
+
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def ir_constant_types(xml) -> set[str]:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    return {op.get_output_element_type(0).get_type_name() for op in model.get_ordered_ops()
+            if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).rank.get_length() == 4}
+
+
 def test_manifest_records_the_precision_that_ran(ov_build):
-    _, arts = ov_build
+    d, arts = ov_build
+    # Computed here from the CPU and the IR files, not read back from what the build said.
+    native_f16 = bool({"avx512_fp16", "amx_fp16"} & cpu_flags())
     assert arts["fp32"]["actual_precision"]["compute"] == "f32"
-    assert arts["fp16"]["weights"] == "fp16"
-    assert arts["fp16"]["actual_precision"]["compute"] in ("f16", "f32")  # f32 where the CPU has no FP16
+    assert arts["fp16"]["actual_precision"]["compute"] == ("f16" if native_f16 else "f32")
+    assert "f16" in ir_constant_types(d / arts["fp16"]["file"])  # conv weights stored as f16
+    assert "f16" not in ir_constant_types(d / arts["fp32"]["file"])
     int8_ops = arts["int8"]["actual_precision"]["ops"]["Convolution"]
     assert int8_ops.get("i8", 0) + int8_ops.get("u8", 0) > 0  # really quantized
     assert int8_ops.get("f32", 0) >= 9  # the nine GC convs stay float
 
 
-def test_fp32_ir_parity(ov_build, heldout_ref):
+def test_fp32_ir_parity(ov_build, heldout_ref, limits):
     d, arts = ov_build
     feeds, ref = heldout_ref
     out, compute, _ = run(d / arts["fp32"]["file"], feeds, "fp32")
     assert compute == "f32"
+    bars = limits.for_variant("openvino", "fp32")
     for k in ("face", "landmarks"):
-        assert np.abs(out[k] - ref[k]).max() <= 1e-4, k
+        assert np.abs(out[k] - ref[k]).max() <= bars[f"{k}.max_abs_max"], k
 
 
-def test_fp16_weights_fidelity(ov_build, heldout_ref):
+def test_fp16_weights_fidelity(ov_build, heldout_ref, limits):
     d, arts = ov_build
     feeds, ref = heldout_ref
     out, _, _ = run(d / arts["fp16"]["file"], feeds, "fp16", compute="f32")  # FP16 weights, f32 compute
-    assert compare(ref["face"], out["face"], True)["psnr"] >= 45
+    assert compare(ref["face"], out["face"], True)["psnr"] >= limits.for_variant("openvino", "fp16")["face.psnr_min"]
 
 
-def test_int8_fidelity(ov_build, heldout_ref):
+def test_int8_fidelity(ov_build, heldout_ref, limits):
     d, arts = ov_build
     feeds, ref = heldout_ref
     out, _, _ = run(d / arts["int8"]["file"], feeds, "int8")
     m = compare(ref["face"], out["face"], True)
-    # The issue's INT8 bars, on 8 held-out samples at 128².
-    assert m["psnr"] >= 32 and m["ssim"] >= 0.97, m
+    bars = limits.for_variant("openvino", "int8")  # the gate's own INT8 bars, on 8 held-out samples at 128²
+    assert m["psnr"] >= bars["face.psnr_min"] and m["ssim"] >= bars["face.ssim_min"], m
 
 
 def test_int8_keeps_gc_readers_add_and_instancenorm_float(ov_build):
@@ -111,9 +132,9 @@ def test_bad_ir_and_bad_mode(ov_build, tmp_path):
     xml.write_text("<net><layers>")
     xml.with_suffix(".bin").write_bytes(b"")
     with pytest.raises(ArtifactError, match="not a readable OpenVINO IR"):
-        OpenVinoRunner(xml)
+        OpenVinoRunner(xml).activate()
     with pytest.raises(ArtifactError, match="needs both"):
-        OpenVinoRunner(tmp_path / "absent.xml")
+        OpenVinoRunner(tmp_path / "absent.xml").activate()
     with pytest.raises(InputError, match="mode"):
         OpenVinoRunner(d / arts["fp32"]["file"], mode="fast")
 
@@ -121,13 +142,14 @@ def test_bad_ir_and_bad_mode(ov_build, tmp_path):
 def test_accuracy_controlled_int8_meets_its_psnr_floor(trained, tmp_path):
     """quantize_with_accuracy_control reverts layers until the face PSNR (capped at 50 dB) drops ≤ max_drop."""
     from amnet.realdata import load_inputs
+    from export.onnx_export import export_file
+    from export.openvino_build import PSNR_CAP
+    from export.pipeline import BuildOptions, build
     from runtimes.pytorch_runner import reference_outputs
-    from export.onnx_export import export_one
-    from export.openvino_build import PSNR_CAP, build_openvino
 
-    art, _ = export_one(trained, tmp_path, "full", 1, 64, "x")
-    m = build_openvino(tmp_path / art.file, ["int8"], tmp_path, [1], 64, calib_samples=16, accuracy_control=True,
-                       max_drop=10.0, progress=False)
+    onnx_file = export_file(trained, tmp_path, "full", 1, 64, "x")
+    m = build(onnx_file, "openvino", tmp_path, BuildOptions(("int8",), (1,), 64, calib_samples=16,
+                                                           accuracy_control=True, max_drop=10.0, progress=False))
     xml = next(a for a in m["artifacts"] if a["precision"] == "int8")
     feeds = load_inputs("heldout", 64, 8)
     ref = reference_outputs(trained, feeds)
@@ -141,12 +163,13 @@ def test_layer_profile_shows_what_ran_int8(ov_build):
     from benchmarks.profile_layers import main, profile
 
     d, arts = ov_build
-    totals = profile(d / arts["int8"]["file"], threads=2, runs=2)
+    totals, wall_ms = profile(d / arts["int8"]["file"], threads=2, runs=3)
     kernels = {}
     for (name, kernel), ms in totals.items():
-        assert ms >= 0
         kernels.setdefault(name, set()).add(kernel)
+    # One request runs its layers one after another: their times add up to (most of) the wall time.
+    assert 0.3 * wall_ms < sum(totals.values()) < 1.2 * wall_ms
     assert {"GC conv", "conv reading a GC output", "other conv", "MVN"} <= set(kernels)
     assert not any("I8" in k for k in kernels["conv reading a GC output"])
     assert any("I8" in k for k in kernels["other conv"])
-    assert main([str(d / arts["int8"]["file"]), "--runs", "1"]) == 0
+    assert main([str(d / arts["int8"]["name"]), "--runs", "1"]) == 0  # the logical name resolves
