@@ -149,11 +149,13 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
     if eager_missing:
         notes.append(f"no PyTorch eager column: {eager_missing}")
     if checkpoint and not eager_missing:
-        specs.append({"name": "pytorch-fp32-eager", "runtime": "pytorch", "precision": "fp32", "path": str(checkpoint),
+        specs.append({"name": "pytorch-fp32-eager", "runtime": "pytorch", "precision": "fp32",
+                      "path": str(Path(checkpoint).resolve()),
                       "batch": 1, "resolution": resolution})
     for v in variants:
         if v.resolution == resolution:
-            specs.append({"name": v.name, "runtime": v.runtime, "precision": v.precision, "path": str(v.path),
+            # Absolute: the child runs in the repository root, not in the caller's folder.
+            specs.append({"name": v.name, "runtime": v.runtime, "precision": v.precision, "path": str(v.path.resolve()),
                           "batch": v.batch, "resolution": resolution})
     peak = gemm_peak_gflops()
     rows = []

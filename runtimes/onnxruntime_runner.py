@@ -28,7 +28,10 @@ class OnnxRuntimeRunner(Runner):
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
         self.session = self._session(ort, opts)
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        except (UnicodeDecodeError, RuntimeError):  # damaged metadata bytes
+            raise ArtifactError(f"{self.path.name} has unreadable metadata (damaged file)") from None
         if self.precision == "int8" or self.metadata.get("precision") == "int8":
             # Q/DQ files are TensorRT's input. Unfused, ORT runs them as dequantize → float op, which
             # reproduces Q/DQ semantics exactly on any CPU; fused, it would use the CPU's int8 kernels

@@ -7,10 +7,11 @@ import os
 from amnet import default_checkpoint
 from amnet.core.errors import InputError
 
-# Above this the eager reference needs more memory than a laptop has (≈ BYTES_PER_PIXEL per pixel per sample,
-# measured as peak RSS of a batch-1 PyTorch forward at 512² on this project's CI machine).
+# The largest frame side accepted. Memory grows with the pixels: a batch-1 PyTorch forward grows peak RSS by
+# ≈ BYTES_PER_PIXEL per pixel (measured: 499 B at 256², 579 B at 512², 2-core AMD EPYC), and commands run up to
+# 8 samples at a time, so 1024² needs ≈ 5 GiB and 4096² would need ≈ 80 GiB.
 MAX_RESOLUTION = 1024
-BYTES_PER_PIXEL = 4400
+BYTES_PER_PIXEL = 600
 
 
 def ints(text: str) -> list[int]:
@@ -50,8 +51,8 @@ def resolution(text: str) -> int:
 def check_resolution(h: int, w: int, batch: int = 1) -> None:
     if max(h, w) > MAX_RESOLUTION:
         need = BYTES_PER_PIXEL * h * w * batch / 2 ** 30
-        raise InputError(f"{h}×{w} is above the {MAX_RESOLUTION}² maximum: one frame would need ≈ {need:.0f} GiB "
-                         "of memory in the reference")
+        raise InputError(f"{h}×{w} is above the {MAX_RESOLUTION}² maximum: {batch} frame(s) at a time would need "
+                         f"≈ {need:.1f} GiB in the PyTorch reference")
 
 
 def positive(what: str, upper: int | None = None):

@@ -119,6 +119,10 @@ def cmd_bench(args) -> int:
     text = markdown(report)
     write_text(out / "bench.md", text)
     print(text)
+    failed = [f"{r['name']} ({r['error']})" for r in report["rows"] if "error" in r]
+    if failed:  # a variant that could not be timed is a failed measurement, not a blank row
+        print("FAILED to measure: " + ", ".join(failed))
+        return EXIT_FAIL
     return 0
 
 

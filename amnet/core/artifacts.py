@@ -37,6 +37,7 @@ SCHEMA = 2
 TOKEN_LEN = 10
 _TOKENED = re.compile(rf"^[^.]+\.[0-9a-f]{{{TOKEN_LEN}}}\.")
 _PENDING = re.compile(r"^\.pending-(\d+)-\d+-(.+)$")
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic_write's temp files
 
 
 class Precision(str, Enum):
@@ -215,7 +216,7 @@ def _sweep(out_dir: Path, data: dict) -> None:
     """Delete tokened files no entry refers to, and pending files of processes that are gone."""
     live = {f for a in data["artifacts"] for f in a["files"]}
     for p in out_dir.iterdir():
-        m = _PENDING.match(p.name)
+        m = _PENDING.match(p.name) or _TEMP.match(p.name)
         if m and not _alive(int(m.group(1))):
             p.unlink(missing_ok=True)
         elif _TOKENED.match(p.name) and p.name not in live and p.is_file():

@@ -227,7 +227,9 @@ def run_in_chunks(run, feeds: dict[str, np.ndarray], chunk, pad: bool = False) -
     last chunk is padded to full size by repeating its last sample, whose outputs
     are dropped (fixed-batch artifacts).
     """
-    n = len(next(iter(feeds.values())))
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    if n == 0:
+        raise InputError("the inputs hold no samples (batch 0)")
     out: dict[str, np.ndarray] = {}
     start = 0
     while start < n:

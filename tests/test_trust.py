@@ -1,0 +1,427 @@
+"""The gate fails closed, the manifest stays true, and bad input is one line (issue: trust).
+
+Every case here was a defect: a PASS without a check, a traceback, a lost or mixed build.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from amnet.cli.main import main
+from amnet.core import artifacts
+from tests.conftest import ROOT, copy_build, random_inputs
+
+
+def run(*args):
+    """The real command in a child process: (exit code, stdout, stderr)."""
+    r = subprocess.run([sys.executable, "-m", "amnet.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return r.returncode, r.stdout, r.stderr
+
+
+def one_line(stderr: str) -> bool:
+    lines = [ln for ln in stderr.strip().splitlines() if not ln.startswith("amnet-deploy: warning:")]
+    return "Traceback" not in stderr and len(lines) == 1
+
+
+def republish(build, name, proto):
+    """Replace an artifact through the normal publish path, so its sha256 is right: a build that made bad numbers."""
+    entry = next(a for a in artifacts.read(build)["artifacts"] if a["name"] == name)
+    with artifacts.Stage(build) as stage:
+        pending = stage.path(name)
+        onnx.save(proto, str(pending))
+        stage.add({k: v for k, v in entry.items() if k not in ("file", "files", "sha256")}, [pending])
+        artifacts.publish(stage)
+
+
+def gate(checkpoint, build, inputs, report, *extra):
+    return main(["parity", str(checkpoint), "--build", str(build), "--resolution", "32", "--inputs", str(inputs),
+                 "--report", str(report), "--quiet", "--only", "b1", *map(str, extra)])
+
+
+# ---------------------------------------------------------------- the gate fails closed
+
+def test_an_all_nan_variant_fails(small_build, checkpoint_file, tmp_path, capsys):
+    d, inputs = small_build
+    build = copy_build(d, tmp_path / "b")
+    name = "amnet_full_b1_r32.onnx"
+    proto = onnx.load(str(artifacts.resolve(build / name)))
+    last = [n for n in proto.graph.node if n.op_type == "Conv"][-1]
+    w = next(t for t in proto.graph.initializer if t.name == last.input[1])
+    w.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(w).shape, np.nan, np.float32), w.name))
+    republish(build, name, proto)
+    assert gate(checkpoint_file, build, inputs, tmp_path / "r", "--no-faces") == 1
+    assert "output face holds" in capsys.readouterr().out
+
+
+def test_a_nan_reference_fails_every_variant(small_build, checkpoint_file, tmp_path, capsys):
+    d, inputs = small_build
+    ref = {"face": np.full((5, 3, 32, 32), np.nan, np.float32), "landmarks": np.zeros((5, 136), np.float32)}
+    np.savez(tmp_path / "ref.npz", **ref)
+    assert gate(checkpoint_file, d, inputs, tmp_path / "r", "--no-faces", "--reference", tmp_path / "ref.npz") == 1
+    assert "reference face holds 15360 NaN/Inf" in capsys.readouterr().out
+
+
+def test_a_checkpoint_with_nan_weights_fails_the_gate(small_model, small_build, tmp_path, capsys):
+    import copy
+
+    import torch
+
+    from amnet.checkpoint import save_checkpoint
+
+    broken = copy.deepcopy(small_model)
+    with torch.no_grad():
+        broken.reenactor.decoder[-2].weight.fill_(float("nan"))
+    ckpt = save_checkpoint(tmp_path / "nan.safetensors", broken)
+    d, inputs = small_build
+    assert gate(ckpt, d, inputs, tmp_path / "r", "--no-faces") == 1
+    assert "reference face holds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model_file", ["absent", "corrupt"])
+def test_a_hidden_or_broken_dlib_model_fails_face_checks(small_build, checkpoint_file, tmp_path, capsys, monkeypatch,
+                                                         model_file):
+    d, inputs = small_build
+    dat = tmp_path / "shape_predictor_68_face_landmarks.dat"
+    if model_file == "corrupt":
+        dat.write_bytes(b"\0" * 1000)
+    monkeypatch.setenv("AMNET_DLIB_68", str(dat))
+    code = gate(checkpoint_file, d, inputs, tmp_path / "r", "--threshold", "fp32.face.landmark_shift_px_max=0.01")
+    out = capsys.readouterr().out
+    assert code == 1 and "face.landmark_shift_px unavailable" in out
+    assert ("does not exist" if model_file == "absent" else "not a dlib shape predictor") in out
+    # Waiving the family is the one way past it.
+    assert gate(checkpoint_file, d, inputs, tmp_path / "r2", "--no-faces",
+                "--threshold", "fp32.face.landmark_shift_px_max=0.01") == 0
+
+
+def test_face_checks_run_with_the_packaged_dlib_model():
+    """No apt package: the 68-point model comes from the face-recognition-models wheel."""
+    from amnet.signals import find_predictor
+
+    assert "face_recognition_models" in find_predictor() and os.path.getsize(find_predictor()) > 90e6
+
+
+@pytest.mark.parametrize("override", ["fp32.face.psnr_minn=3", "fp33.face.psnr_min=3", "fp32.face.psnr_min=nan",
+                                      "fp32.face.psnr_min=abc", "fp32.lips.psnr_min=3", "fp32.landmarks.psnr_min=3",
+                                      "warp-fp32.face.psnr_min=3", "fp32.face.psnr_mid=3"])
+def test_unknown_or_non_numeric_limits_exit_2_naming_the_key(small_build, checkpoint_file, tmp_path, capsys, override):
+    d, inputs = small_build
+    assert gate(checkpoint_file, d, inputs, tmp_path, "--threshold", override) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and override.split("=")[0].split(".", 1)[1 if "fp33" not in override and "warp" not in
+                                                                   override else 0] in err
+
+
+@pytest.mark.parametrize("content", ['[1, 2]', '{"fp32": null}', '{"fp32": {"face.max_abs_max": null}}',
+                                     '{"fp32": {"face.max_abs_max": true}}', '{"int9": {}}', "not json"])
+def test_a_malformed_thresholds_file_exits_2(small_build, checkpoint_file, tmp_path, capsys, content):
+    d, inputs = small_build
+    (tmp_path / "t.json").write_text(content)
+    assert gate(checkpoint_file, d, inputs, tmp_path / "r", "--thresholds", tmp_path / "t.json") == 2
+    assert one_line(capsys.readouterr().err)
+
+
+def test_the_command_line_beats_the_file(limits):
+    from amnet.core.limits import load_limits
+
+    file_bar = limits.for_variant("openvino", "int8")["face.psnr_min"]  # the file sets it per runtime
+    cli = load_limits(overrides=["int8.face.psnr_min=99"]).for_variant("openvino", "int8")
+    assert file_bar != 99 and cli["face.psnr_min"] == 99
+
+
+def test_a_crash_inside_the_gate_is_exit_3_not_1(small_build, checkpoint_file, tmp_path, capsys, monkeypatch):
+    import benchmarks.parity as parity
+
+    monkeypatch.setattr(parity, "compare", lambda *a, **k: 1 / 0)
+    d, inputs = small_build
+    assert gate(checkpoint_file, d, inputs, tmp_path, "--no-faces") == 3
+    err = capsys.readouterr().err
+    assert one_line(err) and "internal error: ZeroDivisionError" in err
+
+
+# ---------------------------------------------------------------- the manifest stays true
+
+def test_a_tampered_artifact_is_refused_by_infer_and_failed_by_the_gate(small_build, checkpoint_file, tmp_path,
+                                                                        capsys):
+    d, inputs = small_build
+    build = copy_build(d, tmp_path / "b")
+    f = artifacts.resolve(build / "amnet_full_b1_r32.onnx")
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte of the weights
+    f.write_bytes(bytes(data))
+    assert main(["infer", str(f), "--inputs", str(inputs), "--output", str(tmp_path / "o.npz")]) == 2
+    assert "does not match the sha256" in capsys.readouterr().err and not (tmp_path / "o.npz").exists()
+    assert main(["infer", str(f), "--inputs", str(inputs), "--output", str(tmp_path / "o.npz"), "--no-verify"]) == 0
+    assert gate(checkpoint_file, build, inputs, tmp_path / "r", "--no-faces") == 1
+
+
+def _publisher(folder, tag, rounds, big):
+    """A child: publish an artifact of two files (like an IR's .xml + .bin) again and again."""
+    import random
+
+    from amnet.core import artifacts as a
+
+    rng = random.Random(tag)
+    for i in range(rounds):
+        with a.Stage(folder) as stage:
+            xml, binf = stage.path("amnet_x_ov_fp32.xml"), stage.path("amnet_x_ov_fp32.bin")
+            payload = f"{tag}-{i}-{rng.random()}".encode()
+            xml.write_bytes(payload * 10)
+            binf.write_bytes(payload * big)
+            stage.add({"name": "amnet_x_ov_fp32.xml", "runtime": "openvino", "part": "full", "precision": "fp32",
+                       "batch": 1, "resolution": 32, "source": tag}, [xml, binf])
+            a.publish(stage)
+
+
+def _check_folder(folder):
+    data = artifacts.read(folder)
+    for entry in data["artifacts"]:
+        artifacts.verify(folder, entry)  # every file present, every sha256 right
+        xml = folder / entry["file"]
+        assert (folder / entry["file"]).with_suffix(".bin").name in entry["files"]  # the pair stays a pair
+        assert xml.read_bytes()[:20] == (folder / xml.with_suffix(".bin").name).read_bytes()[:20]
+    return data
+
+
+def test_two_publishers_into_one_folder_never_mix(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for round_ in range(10):
+        folder = tmp_path / f"r{round_}"
+        procs = [ctx.Process(target=_publisher, args=(folder, tag, 5, 2000)) for tag in ("A", "B")]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+        data = _check_folder(folder)
+        assert len(data["artifacts"]) == 1  # one logical artifact, from one publisher, whole
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*data["artifacts"][0]["files"], "manifest.json",
+                                                                   ".manifest.lock"])
+
+
+def test_sigkill_at_any_point_leaves_a_loadable_build(tmp_path):
+    import multiprocessing as mp
+    import random
+    import signal
+    import time
+
+    ctx = mp.get_context("fork")
+    folder = tmp_path / "b"
+    _publisher(folder, "first", 1, 50_000)
+    rng = random.Random(0)
+    for _ in range(15):
+        p = ctx.Process(target=_publisher, args=(folder, "next", 1000, 200_000))
+        p.start()
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        data = _check_folder(folder)  # whatever moment the kill hit
+        assert len(data["artifacts"]) == 1
+    _publisher(folder, "after", 1, 10)  # the next publish sweeps what the killed ones left
+    leftovers = [p.name for p in folder.iterdir() if p.name not in
+                 {*artifacts.read(folder)["artifacts"][0]["files"], "manifest.json", ".manifest.lock"}]
+    assert leftovers == []
+
+
+def test_two_concurrent_exports_keep_every_sha256_true(small_model, tmp_path):
+    import copy
+
+    import torch
+
+    from amnet.checkpoint import save_checkpoint
+
+    other = copy.deepcopy(small_model)
+    with torch.no_grad():
+        other.reenactor.decoder[-2].weight.mul_(0.5)
+    ckpts = [save_checkpoint(tmp_path / "a.safetensors", small_model), save_checkpoint(tmp_path / "b.safetensors", other)]
+    folder = tmp_path / "b"
+    for _ in range(2):
+        procs = [subprocess.Popen([sys.executable, "-m", "amnet.cli", "export", str(c), "--output", str(folder),
+                                   "--batch", "1,2", "--resolution", "32", "--no-parity", "--quiet"], cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in ckpts]
+        assert all(p.wait(120) == 0 for p in procs)
+        data = artifacts.read(folder)
+        assert {a["name"] for a in data["artifacts"]} == {"amnet_full_b1_r32.onnx", "amnet_full_b2_r32.onnx"}
+        for a in data["artifacts"]:
+            artifacts.verify(folder, a)
+            meta = {p.key: p.value for p in onnx.load(str(folder / a["file"])).metadata_props}
+            assert meta["source_checkpoint_sha256"] == a["provenance"]["source_sha256"]  # provenance of this file
+
+
+def test_a_malformed_manifest_is_one_line(small_build, checkpoint_file, tmp_path, capsys):
+    d, inputs = small_build
+    for content in ("[]", '{"artifacts": null}', '{"schema": 2, "artifacts": [{"name": 3}]}', "{"):
+        build = tmp_path / f"m{len(content)}"
+        build.mkdir()
+        (build / "manifest.json").write_text(content)
+        assert gate(checkpoint_file, build, inputs, tmp_path / "r", "--no-faces") == 2
+        assert one_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------- inputs, outputs, resources
+
+@pytest.mark.parametrize("target", ["/dev/null", "fifo", "folder"])
+def test_output_onto_a_device_fifo_or_folder_is_refused(small_build, tmp_path, capsys, target):
+    d, inputs = small_build
+    if target == "fifo":
+        target = tmp_path / "fifo"
+        os.mkfifo(target)
+    elif target == "folder":
+        target = tmp_path
+    code = main(["infer", str(d / "amnet_full_b1_r32.onnx"), "--inputs", str(inputs), "--output", str(target)])
+    assert code == 2 and "refusing to write" in capsys.readouterr().err
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_openvino_metadata_is_read_as_text(small_build, tmp_path, capsys):
+    """An IR accepts inputs that carry the audio_delta that `signals` writes, and refuses the other one."""
+    from export.pipeline import BuildOptions, build
+
+    d, inputs = small_build
+    b = copy_build(d, tmp_path / "b")
+    build(b, "openvino", b, BuildOptions(("fp32",), (1,), 32, progress=False))
+    feeds = dict(np.load(inputs))
+    for delta, code in (("official", 0), ("time", 2)):
+        np.savez(tmp_path / "in.npz", audio_delta=np.array(delta), **feeds)
+        assert main(["infer", str(b / "amnet_full_b1_r32_ov_fp32.xml"), "--inputs", str(tmp_path / "in.npz"),
+                     "--output", str(tmp_path / "o.npz")]) == code
+    assert "'time' deltas but the model was trained with 'official'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda f: f.__setitem__("source", ((f["source"] + 1) * 127.5).astype(np.uint8)), "integer dtype uint8"),
+    (lambda f: f.update({k: v[:0] for k, v in f.items()}), "no samples"),
+    (lambda f: f.__setitem__("audio", np.full_like(f["audio"], 3e38)), "produced"),
+])
+def test_bad_values_are_one_line_and_write_nothing(checkpoint_file, tmp_path, capsys, mutate, message):
+    feeds = random_inputs(2, 32)
+    mutate(feeds)
+    np.savez(tmp_path / "in.npz", **feeds)
+    assert main(["infer", str(checkpoint_file), "--inputs", str(tmp_path / "in.npz"),
+                 "--output", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and not (tmp_path / "o.npz").exists()
+
+
+def test_out_of_range_inputs_are_warned(checkpoint_file, tmp_path, capsys):
+    feeds = random_inputs(1, 32)
+    feeds["source"] *= 3
+    np.savez(tmp_path / "in.npz", **feeds)
+    assert main(["infer", str(checkpoint_file), "--inputs", str(tmp_path / "in.npz"),
+                 "--output", str(tmp_path / "o.npz")]) == 0
+    assert "warning: input 'source' spans" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [
+    ["parity", "--build", "B", "--threads", "100000"], ["parity", "--build", "B", "--threads", "-1"],
+    ["parity", "--build", "B", "--samples", "0"], ["parity", "--build", "B", "--samples", "-3"],
+    ["infer", "M", "--inputs", "I", "--output", "O", "--resolution", "4096"],
+    ["export", "--output", "O", "--batch", "0"],
+])
+def test_out_of_bounds_arguments_exit_2(args, capsys):
+    assert main(args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_frame_above_the_maximum_is_refused_with_its_memory(checkpoint_file, tmp_path, capsys):
+    from amnet.cli.args import MAX_RESOLUTION
+
+    side = MAX_RESOLUTION + 4
+    np.savez(tmp_path / "in.npz", **{**random_inputs(1, 8), "source": np.zeros((1, 3, side, side), np.float32)})
+    assert main(["infer", str(checkpoint_file), "--inputs", str(tmp_path / "in.npz"),
+                 "--output", str(tmp_path / "o.npz")]) == 2
+    assert f"above the {MAX_RESOLUTION}² maximum" in capsys.readouterr().err
+
+
+def test_infer_on_many_samples_runs_in_bounded_memory(checkpoint_file, tmp_path):
+    """Peak RSS for 192 samples stays near that for 8: the reference runs 8 at a time."""
+    code = ("import resource, sys; from amnet.cli.main import main; rc = main(sys.argv[1:]); "
+            "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
+    peaks = {}
+    for n in (8, 192):
+        np.savez(tmp_path / f"in{n}.npz", **random_inputs(n, 64))
+        r = subprocess.run([sys.executable, "-c", code, "infer", str(checkpoint_file), "--inputs",
+                            str(tmp_path / f"in{n}.npz"), "--output", str(tmp_path / f"o{n}.npz")],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        peaks[n] = int(r.stdout.split()[-1]) / 1024
+    # Inputs + outputs of 184 more samples are ~12 MB; unchunked activations would add ~1.8 GB.
+    assert peaks[192] < peaks[8] + 150, peaks
+    assert np.load(tmp_path / "o192.npz")["face"].shape == (192, 3, 64, 64)
+
+
+def test_a_folder_with_two_resolutions_is_not_silently_halved(small_model, small_build, tmp_path, capsys):
+    from export.onnx_export import export_file
+
+    d, inputs = small_build
+    b = copy_build(d, tmp_path / "b")
+    export_file(small_model, b, "full", 1, 64)
+    assert main(["infer", str(b), "--inputs", str(inputs), "--output", str(tmp_path / "o.npz")]) == 2
+    assert "several resolutions" in capsys.readouterr().err
+
+
+def test_building_from_a_foreign_onnx_is_one_line(small_build, tmp_path):
+    d, _ = small_build
+    proto = onnx.load(str(artifacts.resolve(d / "amnet_full_b1_r32.onnx")))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "foreign.onnx"))
+    code, _, err = run("build", tmp_path / "foreign.onnx", "--runtime", "openvino", "--precision", "fp32",
+                       "--output", tmp_path / "out", "--resolution", "32")
+    assert code == 2 and one_line(err) and "not exported by amnet-deploy" in err
+    meta = {p.key: p for p in onnx.load(str(artifacts.resolve(d / "amnet_full_b1_r32.onnx"))).metadata_props}
+    proto = onnx.load(str(artifacts.resolve(d / "amnet_full_b1_r32.onnx")))
+    next(p for p in proto.metadata_props if p.key == "landmarks").value = "-1"
+    onnx.save(proto, str(tmp_path / "bad_meta.onnx"))
+    assert "landmarks" in meta
+    code, _, err = run("build", tmp_path / "bad_meta.onnx", "--runtime", "openvino", "--precision", "fp32",
+                       "--output", tmp_path / "out", "--resolution", "32")
+    assert code == 2 and one_line(err) and "landmarks='-1'" in err
+
+
+def test_a_model_with_no_inputs_is_one_line(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    out = helper.make_tensor_value_info("face", TensorProto.FLOAT, [1])
+    const = helper.make_node("Constant", [], ["face"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+    onnx.save(helper.make_model(helper.make_graph([const], "g", [], [out]), opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "empty.onnx"))
+    np.savez(tmp_path / "in.npz", **random_inputs(1, 8))
+    assert main(["infer", str(tmp_path / "empty.onnx"), "--inputs", str(tmp_path / "in.npz"),
+                 "--output", str(tmp_path / "o.npz")]) == 2
+    assert "declares no inputs" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_is_one_line(small_build, tmp_path):
+    d, inputs = small_build
+    code, _, err = run("infer", d / "amnet_full_b1_r32.onnx", "--inputs", inputs, "--output", "/proc/amnet/o.npz")
+    assert code == 2 and one_line(err)
+
+
+def test_a_full_disk_is_one_line(small_build, tmp_path, capsys, monkeypatch):
+    import amnet.core.fileio as fileio
+
+    def full(path, arrays, compressed=False):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(fileio, "save_npz", full)
+    d, inputs = small_build
+    assert main(["infer", str(d / "amnet_full_b1_r32.onnx"), "--inputs", str(inputs),
+                 "--output", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "No space left on device" in err
+
+
+def test_bench_with_a_relative_build_folder_measures_every_variant(small_build, tmp_path, monkeypatch, capsys):
+    d, _ = small_build
+    monkeypatch.chdir(d.parent)
+    assert main(["bench", "--build", d.name, "--resolution", "32", "--only", "b1", "--iters", "3", "--quiet",
+                 "--report", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert rows and all("fps" in r for r in rows)
