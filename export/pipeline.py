@@ -78,7 +78,7 @@ def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = No
                 entry["parity"] = {"reference": "pytorch-fp32-loop", "inputs": "calibration_data/heldout.npz",
                                    "outputs": errs, "threshold_max_abs": PARITY_MAX_ABS,
                                    "passed": all(e["max_abs"] <= PARITY_MAX_ABS for e in errs.values())}
-        provenance = {"source_checkpoint": str(loaded.path), "source_sha256": loaded.sha256,
+        provenance = {"source_checkpoint": loaded.path.name, "source_sha256": loaded.sha256,
                       "source_format": loaded.format, "config": loaded.config.to_dict(), "opset": OPSET,
                       "versions": tool_versions("torch", "onnx", "onnxruntime", "onnxsim")}
         return artifacts.publish(stage, provenance)

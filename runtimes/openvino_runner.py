@@ -93,22 +93,33 @@ class OpenVinoRunner(Runner):
         return {name: self.request.get_output_tensor(i).data.copy() for i, name in enumerate(self.outputs)}
 
     def infer_many(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        """Throughput mode: all batches in flight through an async queue (one request per stream)."""
-        ov = _ov()
+        """Throughput mode: all batches in flight, one infer request per stream, round robin.
+
+        Plain requests and wait(), not AsyncInferQueue: its Python callbacks run on the plugin's
+        threads, and freeing the compiled model afterwards could deadlock with one of them on the GIL.
+        """
         if not self.is_active:
             raise AmnetError("OpenVinoRunner used before activate() (use it in a `with` block)")
         batches = [check_feeds(b, self.inputs) for b in batches]
         results: list = [None] * len(batches)
-        queue = ov.AsyncInferQueue(self.compiled)
+        requests = [self.compiled.create_infer_request() for _ in range(max(1, self.optimal_requests))]
+        in_flight: list[int | None] = [None] * len(requests)
 
-        def done(request, index):
-            results[index] = {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self.outputs)}
+        def collect(k: int) -> None:
+            requests[k].wait()
+            results[in_flight[k]] = {name: requests[k].get_output_tensor(i).data.copy()
+                                     for i, name in enumerate(self.outputs)}
 
-        queue.set_callback(done)
         t = time.perf_counter()
         for i, b in enumerate(batches):
-            queue.start_async(b, i)
-        queue.wait_all()
+            k = i % len(requests)
+            if in_flight[k] is not None:
+                collect(k)
+            requests[k].start_async(b)
+            in_flight[k] = i
+        for k in range(len(requests)):
+            if in_flight[k] is not None:
+                collect(k)
         self.inference_time = time.perf_counter() - t
         return results
 
