@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from amnet.core.errors import RuntimeMissing
+from amnet.core.fileio import load_npz
 
 
 def evaluate(model, resolution: int = 128, grid: Path | None = None, train: Path | None = None) -> dict:
@@ -44,8 +45,8 @@ def retrieval_ceiling(target: np.ndarray, identity: np.ndarray, train: Path, res
     from amnet.realdata import to_float
     from amnet.core.metrics import ssim_per_image
 
-    with np.load(train) as t:
-        faces, ids = t["face"], t["identity"]
+    t = load_npz(train)
+    faces, ids = t["face"], t["identity"]
     best = np.empty(len(target))
     for person in np.unique(identity):
         frames = to_float(faces[ids == person], resolution)

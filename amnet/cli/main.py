@@ -42,6 +42,9 @@ def cmd_info(args) -> int:
     return 0
 
 
+# Packages of the optional extras, so a command that needs one says which `pip install` brings it.
+EXTRAS = {"torch": "export", "safetensors": "export", "onnx": "export", "onnxsim": "export", "nncf": "export",
+          "librosa": "signals", "soundfile": "signals"}
 INFER_CHUNK = 8  # samples per call for models without a fixed batch: bounded memory for any N
 
 
@@ -320,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     except AmnetError as e:
         print(f"amnet-deploy {command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportError as e:  # an optional extra this command needs (the torch-free install has none)
+        top = (e.name or "").split(".")[0]
+        extra = EXTRAS.get(top)
+        if extra is None:
+            return _internal_error(command, e)
+        print(f"amnet-deploy {command}: error: this command needs {top}, which is not installed: "
+              f"pip install 'amnet-deploy[{extra}]'", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as e:  # disk full, read-only folder, permission denied: the user's to fix
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"amnet-deploy {command}: error: {e.strerror or e}{where}", file=sys.stderr)
@@ -328,12 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and an exit code no gate reads as "failed"
-        print(f"amnet-deploy {command}: internal error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-              " (please report it; AMNET_DEBUG=1 shows the traceback)", file=sys.stderr)
-        if os.environ.get("AMNET_DEBUG"):
-            raise
-        return EXIT_INTERNAL
+        return _internal_error(command, e)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _internal_error(command: str, e: Exception) -> int:
+    if os.environ.get("AMNET_DEBUG"):
+        raise e
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    print(f"amnet-deploy {command}: internal error: {type(e).__name__}: {text} "
+          "(please report it; AMNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+    return EXIT_INTERNAL
