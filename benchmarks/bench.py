@@ -111,6 +111,8 @@ def bench_one(spec: dict) -> dict:
     out = {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
            "p99_ms": float(np.percentile(t, 99) * 1e3), "iters": len(t), "cold_start_s": round(cold, 3),
            "fps": batch / float(np.median(t))}
+    if hasattr(runner, "device_stats"):  # GPU runners: which card, peak device memory
+        out.update(runner.device_stats())
     runner.close()
     if spec["runtime"] == "openvino":  # throughput mode: streams and an async queue
         tp = open_variant(Variant(spec["name"], "openvino", spec["precision"], Path(spec["path"]), spec["batch"], r),
@@ -140,7 +142,7 @@ def run_child(spec: dict, timeout: float = 300) -> dict:
 
 def bench(variants: list, checkpoint: str | None, resolution: int, threads: int = 2, iters: int = 30,
           warmup: int = 3, gflops: float | None = None, progress: bool = True) -> dict:
-    from tqdm import tqdm
+    from amnet.core.progress import progress
 
     from runtimes import registry
 
@@ -159,7 +161,7 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
                           "batch": v.batch, "resolution": resolution})
     peak = gemm_peak_gflops()
     rows = []
-    for spec in tqdm(specs, desc=f"bench {resolution}²", disable=not progress, unit="variant"):
+    for spec in progress(specs, desc=f"bench {resolution}²", disable=not progress, unit="variant"):
         spec.update(threads=threads, iters=iters, warmup=warmup)
         res = run_child(spec)
         rows.append({**{k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution")}, **res})

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 CKPT=${1:-amnet/default/amnet.safetensors}
 OUT=${2:-reports/gpu_smoke}
 BIN=${BIN:-.venv/bin}
-python3 -c "import tensorrt" 2>/dev/null || $BIN/python -c "import tensorrt" || { echo "TensorRT is not importable here"; exit 2; }
+# The project's venv first: it is where `pip install -e ".[gpu,test]"` put TensorRT.
+$BIN/python -c "import tensorrt" 2>/dev/null || { echo "TensorRT is not importable from $BIN/python"; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
 for R in 128 256; do
   $BIN/amnet-deploy export "$CKPT" --output "$OUT/build" --batch 1,4 --resolution $R

@@ -39,11 +39,17 @@ PART_IO = {
 }
 
 
-def artifact_name(part: str, batch: int | None, resolution: int | None, precision: str = "fp32") -> str:
+def artifact_name(part: str, batch: int | None, resolution: int | None, gc_form: str = "grouped") -> str:
+    """amnet_full_b1_r256.onnx; `_ew` marks a fixed-batch export with the elementwise GC."""
     b = "dyn" if batch is None else f"b{batch}"
     r = "" if resolution is None else f"_r{resolution}"
-    p = "" if precision == "fp32" else f"_{precision}"
-    return f"amnet_{part}_{b}{r}{p}.onnx"
+    ew = "_ew" if gc_form == "elementwise" and batch is not None else ""
+    return f"amnet_{part}_{b}{r}{ew}.onnx"
+
+
+def gc_form_for(batch: int | None, requested: str = "grouped") -> str:
+    """A dynamic batch needs the elementwise GC (group = N·C would fix N); a fixed batch may use either."""
+    return "elementwise" if batch is None else requested
 
 
 def dummy_inputs(part: str, batch: int, resolution: int) -> tuple[torch.Tensor, ...]:
@@ -58,9 +64,9 @@ def _module(model: AMNet, part: str) -> torch.nn.Module:
 
 
 def to_onnx(model: AMNet, part: str = "full", batch: int | None = 1, resolution: int = 256,
-            simplify: bool = True) -> onnx.ModelProto:
+            simplify: bool = True, gc_form: str = "grouped") -> onnx.ModelProto:
     """Trace one part at one batch (None = dynamic batch, elementwise GC) and return the ModelProto."""
-    form = "elementwise" if batch is None else "grouped"
+    form = gc_form_for(batch, gc_form)
     inputs, outputs = PART_IO[part]
     args = dummy_inputs(part, batch or 2, resolution)
     dynamic_axes = {n: {0: "N"} for n in inputs + outputs} if batch is None else None
@@ -132,11 +138,11 @@ def read_export_metadata(path: Path) -> dict:
 
 
 def export_one(model: AMNet, stage: Stage, part: str, batch: int | None, resolution: int,
-               source_sha256: str, simplify: bool = True) -> tuple[dict, Path]:
+               source_sha256: str, simplify: bool = True, gc_form: str = "grouped") -> tuple[dict, Path]:
     """Trace one part at one batch into the stage; returns its manifest entry and pending file."""
     res = None if part == "fuser" else resolution
-    proto = to_onnx(model, part, batch, resolution, simplify)
-    gc_form = "elementwise" if batch is None else "grouped"
+    gc_form = gc_form_for(batch, gc_form)
+    proto = to_onnx(model, part, batch, resolution, simplify, gc_form)
     set_metadata(proto, {
         "producer": f"amnet-deploy {__version__}", "source_checkpoint_sha256": source_sha256,
         "part": part, "gc_form": gc_form, "gc_kernel": str(model.config.kernel),
@@ -144,7 +150,7 @@ def export_one(model: AMNet, stage: Stage, part: str, batch: int | None, resolut
         "precision": "fp32", "opset": str(OPSET), "landmarks": str(model.config.landmarks),
         "audio_delta": model.config.audio_delta, "simplified": str(simplify).lower(),
     })
-    name = artifact_name(part, batch, res)
+    name = artifact_name(part, batch, res, gc_form)
     pending = save_onnx(proto, stage.path(name))
     entry = {"name": name, "runtime": "onnxruntime", "part": part, "gc_form": gc_form, "batch": batch,
              "resolution": res, "precision": "fp32", "audio_delta": model.config.audio_delta}
@@ -153,10 +159,10 @@ def export_one(model: AMNet, stage: Stage, part: str, batch: int | None, resolut
 
 
 def export_file(model: AMNet, out_dir: Path, part: str = "full", batch: int | None = 1, resolution: int = 256,
-                source_sha256: str = "", simplify: bool = True) -> Path:
+                source_sha256: str = "", simplify: bool = True, gc_form: str = "grouped") -> Path:
     """Export and publish one ONNX file; returns its path (tests and quick scripts)."""
     with Stage(out_dir) as stage:
-        entry, _ = export_one(model, stage, part, batch, resolution, source_sha256, simplify)
+        entry, _ = export_one(model, stage, part, batch, resolution, source_sha256, simplify, gc_form)
         manifest = artifacts.publish(stage)
     return Path(out_dir) / next(a["file"] for a in manifest["artifacts"] if a["name"] == entry["name"])
 

@@ -29,6 +29,7 @@ class ExportOptions:
     check_parity: bool = True
     threads: int | None = None
     progress: bool = True
+    gc_form: str = "grouped"  # fixed-batch GC: one grouped conv (the default) or elementwise (TensorRT fallback)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class BuildOptions:
     max_drop: float = 6.0
     version_compatible: bool = False  # TensorRT
     progress: bool = True
+    gc_form: str = "grouped"  # which fixed-batch FP32 export to build from (exported now if missing)
 
     def __post_init__(self):
         self.precisions = tuple(Precision.parse(p) for p in self.precisions)
@@ -58,7 +60,7 @@ def require_limits(runtime: str, precisions) -> None:
 
 
 def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = None) -> dict:
-    from tqdm import tqdm
+    from amnet.core.progress import progress
 
     from amnet.checkpoint import load_checkpoint
     from amnet.realdata import parity_feeds
@@ -71,8 +73,9 @@ def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = No
     feeds = parity_feeds(model, opts.resolution) if opts.check_parity else None
     jobs = [(p, b) for p in opts.parts for b in opts.batches] + ([(p, None) for p in opts.parts] if opts.dynamic else [])
     with Stage(out_dir) as stage:
-        for part, batch in tqdm(jobs, desc="export", disable=not opts.progress, unit="file"):
-            entry, path = export_one(model, stage, part, batch, opts.resolution, loaded.sha256, opts.simplify)
+        for part, batch in progress(jobs, desc="export", disable=not opts.progress, unit="file"):
+            entry, path = export_one(model, stage, part, batch, opts.resolution, loaded.sha256, opts.simplify,
+                                     opts.gc_form)
             if feeds is not None:
                 errs = parity(model, path, part, feeds, batch, opts.threads)
                 entry["parity"] = {"reference": "pytorch-fp32-loop", "inputs": "calibration_data/heldout.npz",
@@ -94,6 +97,10 @@ def build(model: Path, runtime: str, out_dir: Path, opts: BuildOptions | None = 
                          f"not {', '.join(unsupported)}")
     require_limits(runtime, opts.precisions)
     builder = backend.load_builder()  # fails fast, before any export work, when the runtime is absent
+    if backend.builds_from == "checkpoint":
+        if Path(model).suffix.lower() not in registry.CHECKPOINT_SUFFIXES or not Path(model).is_file():
+            raise InputError(f"{runtime} builds from a checkpoint (.safetensors or official .pth), not {model}")
+        return builder(Path(model), Path(out_dir), opts)
     return builder(fp32_onnx_inputs(Path(model), Path(out_dir), opts), Path(out_dir), opts)
 
 
@@ -116,12 +123,13 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
         arts = artifacts.read(model_path)["artifacts"]
         files = [model_path / a["file"] for a in arts if a["part"] == "full" and a["runtime"] == "onnxruntime"
                  and a["precision"] == "fp32" and a.get("batch") in opts.batches
-                 and a.get("resolution") == opts.resolution]
+                 and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form]
         if not files:
-            raise InputError(f"{model_path} holds no fp32 full-model ONNX at {opts.resolution}² for batch "
-                             f"{','.join(map(str, opts.batches))}: run `amnet-deploy export` first")
+            raise InputError(f"{model_path} holds no fp32 full-model ONNX ({opts.gc_form} GC) at {opts.resolution}² "
+                             f"for batch {','.join(map(str, opts.batches))}: run `amnet-deploy export` first")
         return files
     manifest = export_checkpoint(model_path, out_dir, ExportOptions(opts.batches, opts.resolution,
-                                                                    progress=opts.progress))
+                                                                    progress=opts.progress, gc_form=opts.gc_form))
     return [out_dir / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["batch"] in opts.batches
-            and a["runtime"] == "onnxruntime" and a["precision"] == "fp32" and a.get("resolution") == opts.resolution]
+            and a["runtime"] == "onnxruntime" and a["precision"] == "fp32" and a.get("resolution") == opts.resolution
+            and a.get("gc_form") == opts.gc_form]

@@ -6,8 +6,9 @@ TensorRT 10 builds the same files with the STRONGLY_TYPED network flag
 (available since 9.1). FP32 engines clear BuilderFlag.TF32 (on by default), or
 they would miss the 1e-4 FP32 gate. One engine per batch bucket, because the
 batch-folded GC fixes N·C at build time. An engine is reused when the manifest
-already holds one with the same cache key (ONNX sha256, TensorRT version, GPU,
-precision, version-compatibility, workspace) and its files verify; each engine
+already holds one with the same cache key (FP32 ONNX sha256, TensorRT version,
+GPU, precision and calibration size, version-compatibility, workspace) and its
+files verify, before any INT8 calibration; each engine
 is published together with its sidecar JSON (runtimes/tensorrt_runner.py owns
 that format); nothing is prepended to the engine bytes.
 
@@ -36,6 +37,7 @@ TIMING_CACHE = "timing.cache"
 
 def cache_key(onnx_sha: str, trt_version: str, gpu: str, precision: str, version_compatible: bool = False,
               workspace: int = WORKSPACE_BYTES) -> str:
+    """Everything that changes the engine: the FP32 export, TensorRT, the GPU, precision (+ calibration), flags."""
     text = f"{onnx_sha}|{trt_version}|{gpu}|{precision}|vc={int(version_compatible)}|ws={workspace}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -112,7 +114,7 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     """The tensorrt backend's builder: one engine (+ sidecar) per ONNX file and precision."""
     trt = import_tensorrt()
     import_cudart()
-    from tqdm import tqdm
+    from amnet.core.progress import progress
 
     from export.onnx_export import read_export_metadata
 
@@ -120,13 +122,15 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     workspace = WORKSPACE_BYTES
     jobs = [(f, p) for f in onnx_files for p in opts.precisions]
     with Stage(out_dir) as stage, tempfile.TemporaryDirectory() as tmp:
-        for fp32, precision in tqdm(jobs, desc="tensorrt", disable=not opts.progress, unit="engine"):
+        for fp32, precision in progress(jobs, desc="tensorrt", disable=not opts.progress, unit="engine"):
             meta = read_export_metadata(fp32)
-            src = _precision_source(fp32, precision, out_dir, opts.calib_samples, Path(tmp))
-            onnx_sha = file_sha256(src)
-            key = cache_key(onnx_sha, trt.__version__, gpu, str(precision), opts.version_compatible, workspace)
+            # Keyed on the FP32 export (+ calibration size), so a cache hit skips INT8 calibration too.
+            calibrated = f"{precision}/calib{opts.calib_samples}" if precision == Precision.INT8 else str(precision)
+            key = cache_key(file_sha256(fp32), trt.__version__, gpu, calibrated, opts.version_compatible, workspace)
             if _cached(out_dir, key) is not None:
                 continue
+            src = _precision_source(fp32, precision, out_dir, opts.calib_samples, Path(tmp))
+            onnx_sha = file_sha256(src)
             data, seconds = serialize_engine(src, str(precision), out_dir / TIMING_CACHE, workspace,
                                              opts.version_compatible)
             name = artifacts.logical_name(fp32).replace(".onnx", f"_trt_{precision}.engine")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +43,8 @@ class Backend:
     hint: str = ""
     options: tuple[str, ...] = ()  # runner keyword options beyond path/threads/precision
     description: str = ""
-    extra: dict = field(default_factory=dict)
+    builds_from: str = "onnx"  # or "checkpoint"
+    check: str | Callable[[], str | None] | None = None  # beyond packages, e.g. "is there a CUDA device?"
 
     def missing(self, build: bool = False) -> str | None:
         """None when this machine can run (or build) it; else the one-line reason with the install hint."""
@@ -52,7 +53,7 @@ class Backend:
                 lazy_import(req.module, self.hint, req.min_version, req.distribution)
             except RuntimeMissing as e:
                 return str(e)
-        return None
+        return _resolve(self.check)() if self.check else None
 
     def load_runner(self) -> Callable[..., Runner]:
         return _resolve(self.runner)
@@ -156,6 +157,8 @@ def _open_bucket_dir(path: Path, threads, precision, verify, runtime, **options)
     resolutions = {a.get("resolution") for a in chosen}
     if not chosen:
         raise InputError(f"{path}/manifest.json lists no fixed-batch full-model {runtime} {precision} artifact")
+    if len({a["batch"] for a in chosen}) < len(chosen):
+        raise InputError(f"{path} holds several {runtime} {precision} models of one batch (GC forms?): pass one file")
     if len(resolutions) > 1:
         raise InputError(f"{path} holds {runtime} {precision} models at several resolutions "
                          f"({', '.join(f'{r}²' for r in sorted(resolutions))}): pass one file instead")
@@ -185,6 +188,12 @@ register(Backend(
     requires=(Requirement("openvino", "2025.0"),), build_requires=(Requirement("nncf", "2.16"),),
     hint="pip install openvino (building INT8: pip install nncf)", options=("mode", "cache_dir", "compute", "streams"),
     description="OpenVINO CPU plugin: FP32, FP16 weights, INT8 by NNCF"))
+register(Backend(
+    "pytorch-cuda", (".cudaplan",), "runtimes.pytorch_cuda_runner:TorchCudaRunner",
+    precisions=(Precision.FP32, Precision.FP16, Precision.BF16), builder="export.pytorch_cuda_build:build",
+    requires=(Requirement("torch", "2.6"),), hint="a CUDA build of torch on an NVIDIA GPU",
+    options=("graph",), builds_from="checkpoint", check="runtimes.pytorch_cuda_runner:missing_cuda",
+    description="PyTorch on an NVIDIA GPU, one CUDA graph per batch bucket: FP32 (TF32 off), FP16, BF16"))
 register(Backend(
     "tensorrt", (".engine", ".plan"), "runtimes.tensorrt_runner:TensorRTRunner",
     precisions=(Precision.FP32, Precision.FP16, Precision.INT8), builder="export.tensorrt_build:build",

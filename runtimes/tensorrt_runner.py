@@ -105,7 +105,11 @@ class _Buffer:
         self.host_ptr = cuda_check(cudart.cudaMallocHost(self.nbytes))
         self.host = np.frombuffer((ctypes.c_byte * self.nbytes).from_address(self.host_ptr),
                                   dtype=self.dtype).reshape(self.shape)
-        self.device = cuda_check(cudart.cudaMalloc(self.nbytes))
+        try:
+            self.device = cuda_check(cudart.cudaMalloc(self.nbytes))
+        except ArtifactError:
+            cudart.cudaFreeHost(self.host_ptr)  # the half already allocated
+            raise
 
     def free(self, cudart):
         cudart.cudaFree(self.device)

@@ -47,7 +47,7 @@ def test_parity_with_a_saved_reference_runs_where_torch_cannot_be_imported(tmp_p
     """The edge-box gate: torch made unimportable; parity --reference passes, bench runs without an eager column."""
     golden = ROOT / "tests" / "data" / "golden"
     code = ("import sys; sys.modules['torch'] = None; from amnet.cli.main import main; "
-            f"a = ['--build', {str(golden / 'build')!r}, '--resolution', '128', '--quiet', '--report', "
+            f"a = ['--build', {str(golden / 'models')!r}, '--resolution', '128', '--quiet', '--report', "
             f"{str(tmp_path)!r}]; "
             f"rc = main(['parity', *a, '--inputs', {str(golden / 'inputs.npz')!r}, '--reference', "
             f"{str(golden / 'reference.npz')!r}]); "

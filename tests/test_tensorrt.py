@@ -87,6 +87,9 @@ def test_int8_qdq_onnx_is_symmetric_per_channel_and_excludes_gc(precision_files,
     # GC path, fuser and the GC-reading convs (e.g. cells.2's first conv) see no dequantized input.
     assert any(FLOAT_NODES.search(n.name) and n.op_type == "Conv" and "/cells.2/body/body.0/" in n.name
                for n in proto.graph.node)
+    # No Q/DQ on a conv's output: each feeds an InstanceNorm, which stays float.
+    made_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+    assert not [n.name for n in q if made_by.get(n.input[0]) in ("Conv", "ConvTranspose")]
     consumers = {i for n in proto.graph.node if FLOAT_NODES.search(n.name) for i in n.input}
     producers = {n.output[0]: n for n in proto.graph.node}
     assert not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in consumers)

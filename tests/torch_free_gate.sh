@@ -18,8 +18,8 @@ trap 'rm -rf "$out"' EXIT
 cd "$out"  # run the installed package, not the checkout
 gate() { "$OLDPWD/$V/bin/amnet-deploy" parity --build "$1" --inputs "$OLDPWD/$G/inputs.npz" \
            --reference "$OLDPWD/$G/reference.npz" --resolution 128 --report "$out/report" --quiet >/dev/null; }
-gate "$OLDPWD/$G/build"
-cp -r "$OLDPWD/$G/build" damaged
+gate "$OLDPWD/$G/models"
+cp -r "$OLDPWD/$G/models" damaged
 bin=$(ls damaged/*.bin)
 printf '\x7f\x7f\x7f\x7f' | dd of="$bin" bs=1 seek=$(( $(stat -c %s "$bin") / 2 )) conv=notrunc status=none
 set +e

@@ -157,7 +157,7 @@ def cmd_export(args) -> int:
     from export.pipeline import PARITY_MAX_ABS, ExportOptions, export_checkpoint
 
     opts = ExportOptions(tuple(args.batch), args.resolution, args.dynamic_batch, tuple(args.parts),
-                         not args.no_simplify, not args.no_parity, args.threads, not args.quiet)
+                         not args.no_simplify, not args.no_parity, args.threads, not args.quiet, args.gc_form)
     manifest = export_checkpoint(args.checkpoint, Path(args.output), opts)
     print_artifacts(manifest["artifacts"])
     failed = [a["file"] for a in manifest["artifacts"] if a.get("parity", {}).get("passed") is False]
@@ -179,7 +179,7 @@ def cmd_build(args) -> int:
     from export.pipeline import BuildOptions, build
 
     opts = BuildOptions(tuple(args.precision), tuple(args.batch), args.resolution, args.calib_samples, args.preset,
-                        args.accuracy_control, args.max_drop, args.version_compatible, not args.quiet)
+                        args.accuracy_control, args.max_drop, args.version_compatible, not args.quiet, args.gc_form)
     manifest = build(Path(args.model), args.runtime, Path(args.output), opts)
     print_artifacts([a for a in manifest["artifacts"] if a["runtime"] == args.runtime])
     return 0
@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dynamic-batch", action="store_true", help="also export the elementwise-GC dynamic-batch model")
     s.add_argument("--parts", type=words(("full", "fuser", "reenactor")), default=["full"],
                    help="full, fuser (φ alone), reenactor (ψ on source + f_geo); comma-separated")
+    s.add_argument("--gc-form", choices=("grouped", "elementwise"), default="grouped",
+                   help="GC in fixed-batch files: one grouped conv over batch-folded channels (default), or a "
+                        "per-channel multiply-add (k=1) for runtimes without a kernel for run-time conv weights")
     s.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     s.add_argument("--no-parity", action="store_true", help="skip the ORT-vs-PyTorch check on held-out inputs")
     s.add_argument("--threads", type=THREADS)
@@ -286,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NNCF preset (mixed: asymmetric activations; measured +1 dB PSNR here)")
     s.add_argument("--accuracy-control", action="store_true",
                    help="INT8 with nncf.quantize_with_accuracy_control (PSNR metric)")
+    s.add_argument("--gc-form", choices=("grouped", "elementwise"), default="grouped",
+                   help="build from the grouped (default) or the elementwise-GC export, e.g. for TensorRT when it "
+                        "has no kernel for a conv with run-time weights and group = N·C")
     s.add_argument("--version-compatible", action="store_true",
                    help="TensorRT: build version-compatible engines (run on later TensorRT versions)")
     s.add_argument("--max-drop", type=float, default=6.0,

@@ -1,0 +1,9 @@
+"""Progress bars when tqdm is installed; plain iteration where it is not (the GPU check machines)."""
+
+
+def progress(iterable, **kwargs):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,170 @@
+"""PyTorch on an NVIDIA GPU: one CUDA graph per batch bucket, FP32 (TF32 off), FP16 or BF16, pinned host buffers.
+
+At batch 1 eager PyTorch on a GPU is launch-bound (hundreds of small kernels
+per frame); replaying a captured CUDA graph removes that overhead. A graph
+fixes every shape, so each batch bucket is its own artifact: a small JSON plan
+(``.cudaplan``: precision, batch, resolution, memory format, GC form) that
+names the weights, a checkpoint published once per build folder.
+
+FP32 runs with TF32 off (PyTorch enables it for cuDNN convolutions, which moves
+outputs by ~3e-3 and would miss the 1e-4 FP32 gate). GC runs in its
+elementwise form for k = 1 (a broadcast multiply-add, no per-sample conv) and
+grouped for k = 3. `gpu_reference` is the parity reference on the GPU: eager,
+FP32, loop GC, TF32 off, deterministic cuDNN algorithms.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from amnet.core import artifacts
+from amnet.core.errors import ArtifactError, IntegrityError, RuntimeMissing
+from amnet.core.fileio import file_sha256, lazy_import
+from amnet.core.runner import MODEL_INPUTS, Runner, TensorSpec
+
+PLAN_FORMAT = "amnet-cuda-plan/1"
+HINT = "pytorch-cuda needs a CUDA build of torch and an NVIDIA GPU (pip install torch from the CUDA index)"
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+WARMUP = 3
+
+
+def cuda_torch():
+    """torch with a usable CUDA device, or one RuntimeMissing line saying which part is missing."""
+    torch = lazy_import("torch", HINT, "2.6")
+    if not torch.cuda.is_available():
+        why = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device visible"
+        raise RuntimeMissing(f"pytorch-cuda cannot run here ({why}, torch {torch.__version__}): {HINT}")
+    return torch
+
+
+def missing_cuda() -> str | None:
+    try:
+        cuda_torch()
+    except RuntimeMissing as e:
+        return str(e)
+    return None
+
+
+def read_plan(path: Path) -> dict:
+    try:
+        plan = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise ArtifactError(f"{Path(path).name} is not a readable CUDA plan") from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise ArtifactError(f"{Path(path).name} is not an {PLAN_FORMAT} file")
+    bad = [k for k in ("batch", "resolution") if not isinstance(plan.get(k), int) or plan[k] < 1]
+    if plan.get("precision") not in DTYPES or bad or not isinstance(plan.get("weights"), str):
+        raise ArtifactError(f"{Path(path).name}: malformed plan ({', '.join(bad) or 'precision/weights'})")
+    return plan
+
+
+def gpu_reference(model, feeds: dict[str, np.ndarray], chunk: int = 8) -> dict[str, np.ndarray]:
+    """FP32 outputs on the GPU with TF32 off and deterministic cuDNN: the reference GPU variants are judged by."""
+    from amnet.core.runner import run_in_chunks
+
+    torch = cuda_torch()
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+           torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    gpu = model.to("cuda").float().eval()
+    try:
+        def forward(part):
+            with torch.inference_mode(), gpu.gc_form("loop"):
+                face, lm = gpu(*(torch.from_numpy(part[k]).cuda() for k in MODEL_INPUTS))
+            return {"face": face.float().cpu().numpy(), "landmarks": lm.float().cpu().numpy()}
+
+        return run_in_chunks(forward, {k: feeds[k] for k in MODEL_INPUTS}, chunk)
+    finally:
+        model.to("cpu")
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark) = old
+
+
+class TorchCudaRunner(Runner):
+    name = "pytorch-cuda"
+
+    def __init__(self, path, *, threads: int | None = None, precision: str | None = None, graph: bool = True):
+        super().__init__(path, threads=threads, precision=precision)
+        self.graph = graph  # False: eager, for comparison
+
+    def _activate(self):
+        torch = cuda_torch()
+        from amnet.checkpoint import load_checkpoint
+
+        plan = read_plan(self.path)
+        weights = artifacts.resolve(self.path.parent / plan["weights"])
+        if not weights.is_file():
+            raise ArtifactError(f"{self.path.name} names weights {plan['weights']}, which are not beside it")
+        if plan.get("weights_sha256") and file_sha256(weights) != plan["weights_sha256"]:
+            raise IntegrityError(f"{weights.name} is not the checkpoint {self.path.name} was planned with")
+        self.plan, self.precision = plan, plan["precision"]
+        dtype = getattr(torch, DTYPES[plan["precision"]])
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        loaded = load_checkpoint(weights, gc_form=plan["gc_form"])
+        model = loaded.require_full().to("cuda", dtype).eval()
+        memory = torch.channels_last if plan.get("channels_last") else torch.contiguous_format
+        model = model.to(memory_format=memory)
+        self.metadata = {"audio_delta": loaded.config.audio_delta, "gc_form": plan["gc_form"], "gpu":
+                         torch.cuda.get_device_name(), "precision": plan["precision"]}
+        b, r, lm = plan["batch"], plan["resolution"], loaded.config.landmarks
+        shapes = {"source": (b, 3, r, r), "audio": (b, 1, 64, 60), "pose": (b, 3), "eye": (b, 2)}
+        self.inputs = [TensorSpec(k, shapes[k]) for k in MODEL_INPUTS]
+        self.outputs = ["face", "landmarks"]
+        self.static_in = {k: torch.zeros(s, device="cuda") for k, s in shapes.items()}
+        self.host_in = {k: torch.zeros(s, pin_memory=True) for k, s in shapes.items()}
+        self.host_out = {"face": torch.zeros((b, 3, r, r), pin_memory=True), "landmarks": torch.zeros((b, lm),
+                                                                                                   pin_memory=True)}
+
+        def forward():
+            x = {k: v.to(dtype) for k, v in self.static_in.items()}
+            x["source"] = x["source"].contiguous(memory_format=memory)
+            with torch.inference_mode():
+                face, landmarks = model(*(x[k] for k in MODEL_INPUTS))
+            return {"face": face.float(), "landmarks": landmarks.float()}
+
+        self.model, self.forward, self.torch = model, forward, torch
+        self.stream = torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            for _ in range(WARMUP):  # cuDNN autotuning and lazy allocations happen before capture
+                self.static_out = forward()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        self.cuda_graph = None
+        if self.graph:
+            self.cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.cuda_graph, stream=self.stream):
+                self.static_out = forward()
+        torch.cuda.synchronize()
+
+    def _run(self, feeds):
+        torch = self.torch
+        with torch.cuda.stream(self.stream):
+            for k, v in feeds.items():
+                self.host_in[k].numpy()[...] = v
+                self.static_in[k].copy_(self.host_in[k], non_blocking=True)
+            if self.cuda_graph is not None:
+                self.cuda_graph.replay()
+            else:
+                self.static_out = self.forward()
+            for k, v in self.static_out.items():
+                self.host_out[k].copy_(v, non_blocking=True)
+        self.stream.synchronize()
+        return {k: v.numpy().copy() for k, v in self.host_out.items()}
+
+    def _close(self):
+        torch = getattr(self, "torch", None)
+        self.cuda_graph = self.model = self.static_in = self.static_out = self.host_in = self.host_out = None
+        if torch is not None:
+            torch.cuda.empty_cache()
+
+    @property
+    def compute_precision(self) -> str:
+        return DTYPES[self.precision]
+
+    def device_stats(self) -> dict:
+        """For the bench row: which GPU, and its peak memory so far in this process."""
+        return {"gpu": self.metadata["gpu"], "gpu_memory_mb": round(self.torch.cuda.max_memory_allocated() / 2 ** 20, 1)}
