@@ -170,17 +170,17 @@ def model_gflops(model, resolution: int) -> float:
     return _GFLOPS[resolution]
 
 
-def tensorrt_rows(checkpoint, out: Path, resolution: int, feeds, refs, limits, model, peaks) -> list:
+def tensorrt_rows(checkpoint, build_dir: Path, resolution: int, feeds, refs, limits, model, peaks) -> list:
     from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
 
-    trt_dir = out / "build_trt"
+    trt_dir = build_dir.with_name(build_dir.name + "_trt")
     export_checkpoint(checkpoint, trt_dir, ExportOptions((1, 8), resolution, simplify=False, check_parity=False,
                                                          progress=False))
     build(trt_dir, "tensorrt", trt_dir, BuildOptions(("fp32", "fp16", "int8"), (1, 8), resolution, 32, progress=False))
     return check_variants(trt_dir, resolution, feeds, refs, limits, model, peaks, "tensorrt")
 
 
-def run(out: Path, checkpoint: Path, resolutions=RESOLUTIONS, batches=BATCHES) -> dict:
+def run(out: Path, checkpoint: Path, resolutions=RESOLUTIONS, batches=BATCHES, build_dir: Path | None = None) -> dict:
     import importlib.util
 
     import torch
@@ -202,27 +202,29 @@ def run(out: Path, checkpoint: Path, resolutions=RESOLUTIONS, batches=BATCHES) -
     report = {"gpu": gpu, "peaks": {"fp16_tflops": peaks[0], "bandwidth_gbs": peaks[1]} if peaks else None,
               "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
               "checkpoint": checkpoint.name, "samples": SAMPLES, "resolutions": {}}
+    build_dir = build_dir or out / "build"
     has_trt = importlib.util.find_spec("tensorrt") is not None
     report["tensorrt"] = "importable" if has_trt else "not importable here: TensorRT rows skipped"
     for r in resolutions:
         feeds = load_inputs("heldout", r, SAMPLES)
         feeds.pop("target", None)
         refs = {"cpu": reference_outputs(model, feeds), "gpu": gpu_reference(model, feeds)}
-        build(checkpoint, "pytorch-cuda", out / "build", BuildOptions(("fp32", "fp16", "bf16"), batches, r,
-                                                                        progress=False))
-        rows = check_variants(out / "build", r, feeds, refs, limits, model, peaks, "pytorch-cuda")
+        build(checkpoint, "pytorch-cuda", build_dir, BuildOptions(("fp32", "fp16", "bf16"), batches, r, progress=False))
+        rows = check_variants(build_dir, r, feeds, refs, limits, model, peaks, "pytorch-cuda")
         plain = {b: plain_replay(model, b, r, feeds) for b in batches}
         for row in rows:
             row["x_plain_fp16_replay"] = row["fps"] / plain[row["batch"]]["fps"]
         if has_trt:
             try:
-                rows += tensorrt_rows(checkpoint, out, r, feeds, refs, limits, model, peaks)
+                rows += tensorrt_rows(checkpoint, build_dir, r, feeds, refs, limits, model, peaks)
             except Exception as e:  # noqa: BLE001 - reported in the table, the check goes on
                 report.setdefault("errors", []).append(f"tensorrt {r}²: {type(e).__name__}: {str(e)[:300]}")
         gpu_vs_cpu = {k: compare_refs(refs, k) for k in ("face", "landmarks")}
         report["resolutions"][str(r)] = {"rows": rows, "plain_fp16_replay": {str(b): v for b, v in plain.items()},
                                          "gpu_reference_vs_cpu_reference": gpu_vs_cpu,
                                          "gflops_per_frame": model_gflops(model, r)}
+        # Kept as it goes: a run cut short still leaves what it measured.
+        write_text(out / "gpu_report.partial.json", json.dumps(report, indent=1, default=float) + "\n")
     if peaks:
         report["paper"] = {**PAPER_GPU, "scaled_by_fp16_peak": PAPER_GPU["fps"] * peaks[0] / card_peaks("RTX 2080 Ti")[0]}
     report["bars"] = bars(report)
@@ -303,9 +305,11 @@ def main(argv=None) -> int:
     ap.add_argument("out", nargs="?", default="reports/gpu", type=Path)
     ap.add_argument("--checkpoint", type=Path, default=default_checkpoint())
     ap.add_argument("--resolutions", default="128,256")
+    ap.add_argument("--build-dir", type=Path, help="where the CUDA plans and weights go (default OUT/build)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args.out, args.checkpoint, tuple(int(r) for r in args.resolutions.split(",")))
+    report = run(args.out, args.checkpoint, tuple(int(r) for r in args.resolutions.split(",")),
+                 build_dir=args.build_dir)
     write_text(args.out / "gpu_report.json", json.dumps(report, indent=1, default=float) + "\n")
     text = markdown(report)
     write_text(args.out / "gpu_report.md", text)

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 OUT=${1:-reports/gpu}
 PY=${PY:-python3}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader || true
-PYTHONPATH=. "$PY" -m benchmarks.gpu_check "$OUT"
+shift || true
+PYTHONPATH=. "$PY" -m benchmarks.gpu_check "$OUT" "$@"
