@@ -40,9 +40,9 @@ def build(checkpoint: Path, out_dir: Path, opts) -> dict:
         for batch, precision in progress(jobs, desc="pytorch-cuda", disable=not opts.progress, unit="plan"):
             plan = {"format": PLAN_FORMAT, "weights": WEIGHTS, "weights_sha256": sha, "precision": str(precision),
                     "batch": batch, "resolution": opts.resolution,
-                    "gc_form": "elementwise" if model.config.kernel == 1 else "grouped",
-                    # NHWC feeds the tensor cores without transposes (+7 % at batch 1 in FP16, measured on H200).
-                    "channels_last": precision != Precision.FP32,
+                    # Measured on an H200 (docs/gpu-check/): the grouped GC in NCHW beat the elementwise GC in
+                    # NHWC at every batch (0.35-0.96× of it): InstanceNorm and the depthwise GC conv are slow in NHWC.
+                    "gc_form": "grouped", "channels_last": False,
                     "built_on": gpu, "torch": torch.__version__, "audio_delta": model.config.audio_delta}
             name = plan_name(batch, opts.resolution, str(precision))
             pending = write_text(stage.path(name), json.dumps(plan, indent=1) + "\n")

@@ -7,9 +7,9 @@ fixes every shape, so each batch bucket is its own artifact: a small JSON plan
 names the weights, a checkpoint published once per build folder.
 
 FP32 runs with TF32 off (PyTorch enables it for cuDNN convolutions, which moves
-outputs by ~3e-3 and would miss the 1e-4 FP32 gate). GC runs in its
-elementwise form for k = 1 (a broadcast multiply-add, no per-sample conv) and
-grouped for k = 3. `gpu_reference` is the parity reference on the GPU: eager,
+outputs by ~3e-3 and would miss the 1e-4 FP32 gate). The plan says which GC
+form and memory format to use; the builder picks the grouped GC in NCHW, the
+faster of the forms measured on an H200. `gpu_reference` is the parity reference on the GPU: eager,
 FP32, loop GC, TF32 off, deterministic cuDNN algorithms.
 """
 from __future__ import annotations
