@@ -155,6 +155,12 @@ class TorchCudaRunner(Runner):
         self.stream.synchronize()
         return {k: v.numpy().copy() for k, v in self.host_out.items()}
 
+    def replay_only(self) -> None:
+        """One graph replay and a sync, no host copies: the device time, for the benchmark to set beside infer()."""
+        with self.torch.cuda.stream(self.stream):
+            self.cuda_graph.replay()
+        self.stream.synchronize()
+
     def _close(self):
         torch = getattr(self, "torch", None)
         self.cuda_graph = self.model = self.static_in = self.static_out = self.host_in = self.host_out = None
