@@ -167,6 +167,21 @@ def check_variants(build: Path, resolution: int, feeds: dict, refs: dict, limits
     return rows
 
 
+def nan_probe(build_dir: Path, resolution: int, feeds: dict) -> bool:
+    """The device-side input scan: one NaN in the source must be refused, not turned into a face."""
+    from amnet.core.errors import InputError
+    from runtimes.registry import open_runner
+
+    bad = {k: feeds[k][:1].copy() for k in MODEL_INPUTS}
+    bad["source"][0, 0, 0, 0] = np.nan
+    with open_runner(build_dir / f"amnet_full_b1_r{resolution}_cuda_fp16.cudaplan") as runner:
+        try:
+            runner.infer(bad)
+        except InputError:
+            return True
+    return False
+
+
 _GFLOPS: dict = {}
 
 
@@ -219,6 +234,7 @@ def run(out: Path, checkpoint: Path, resolutions=RESOLUTIONS, batches=BATCHES, b
         refs = {"cpu": reference_outputs(model, feeds), "gpu": gpu_reference(model, feeds)}
         build(checkpoint, "pytorch-cuda", build_dir, BuildOptions(("fp32", "fp16", "bf16"), batches, r, progress=False))
         rows = check_variants(build_dir, r, feeds, refs, limits, model, peaks, "pytorch-cuda")
+        report.setdefault("nan_input_refused", nan_probe(build_dir, r, feeds))
         plain = {b: plain_replay(model, b, r, feeds) for b in batches}
         for row in rows:
             row["x_plain_fp16_replay"] = row["fps"] / plain[row["batch"]]["fps"]
@@ -279,7 +295,8 @@ def markdown(report) -> str:
     peaks = report["peaks"]
     lines = [f"# GPU check: {report['gpu']}", "",
              f"torch {report['torch']}, CUDA {report['cuda']}, cuDNN {report['cudnn']}; {report['checkpoint']}; "
-             f"{report['samples']} held-out samples; {report['minutes']} min. TensorRT: {report['tensorrt']}.",
+             f"{report['samples']} held-out samples; {report['minutes']} min. TensorRT: {report['tensorrt']}. "
+             f"A NaN input refused by the device-side scan: {report.get('nan_input_refused')}.",
              f"Card peaks: {peaks['fp16_tflops']:g} TFLOP/s FP16 tensor, {peaks['bandwidth_gbs']:g} GB/s." if peaks
              else "Card peaks: unknown card (no % columns).", ""]
     for res, data in report["resolutions"].items():

@@ -22,7 +22,7 @@ import numpy as np
 from amnet.core import artifacts
 from amnet.core.errors import ArtifactError, IntegrityError, RuntimeMissing
 from amnet.core.fileio import file_sha256, lazy_import
-from amnet.core.runner import MODEL_INPUTS, Runner, TensorSpec
+from amnet.core.runner import MODEL_INPUTS, Runner, TensorSpec, check_values
 
 PLAN_FORMAT = "amnet-cuda-plan/1"
 HINT = "pytorch-cuda needs a CUDA build of torch and an NVIDIA GPU (pip install torch from the CUDA index)"
@@ -84,7 +84,11 @@ def gpu_reference(model, feeds: dict[str, np.ndarray], chunk: int = 8) -> dict[s
 
 
 class TorchCudaRunner(Runner):
+    """Inputs are scanned for NaN/Inf and range inside the captured graph (min and max of each, copied back
+    with the outputs), so the host does not read every input twice more before the GPU sees it."""
+
     name = "pytorch-cuda"
+    checks_values_on_device = True
 
     def __init__(self, path, *, threads: int | None = None, precision: str | None = None, graph: bool = True):
         super().__init__(path, threads=threads, precision=precision)
@@ -117,14 +121,18 @@ class TorchCudaRunner(Runner):
         self.static_in = {k: torch.zeros(s, device="cuda") for k, s in shapes.items()}
         self.host_in = {k: torch.zeros(s, pin_memory=True) for k, s in shapes.items()}
         self.host_out = {"face": torch.zeros((b, 3, r, r), pin_memory=True), "landmarks": torch.zeros((b, lm),
-                                                                                                   pin_memory=True)}
+                                                                                                   pin_memory=True),
+                         "_range": torch.zeros((len(MODEL_INPUTS), 2), pin_memory=True)}
 
         def forward():
+            # min and max of every input, before any cast: NaN and Inf show up in them
+            spans = torch.stack([torch.stack([self.static_in[k].amin(), self.static_in[k].amax()])
+                                 for k in MODEL_INPUTS])
             x = {k: v.to(dtype) for k, v in self.static_in.items()}
             x["source"] = x["source"].contiguous(memory_format=memory)
             with torch.inference_mode():
                 face, landmarks = model(*(x[k] for k in MODEL_INPUTS))
-            return {"face": face.float(), "landmarks": landmarks.float()}
+            return {"face": face.float(), "landmarks": landmarks.float(), "_range": spans}
 
         self.model, self.forward, self.torch = model, forward, torch
         self.stream = torch.cuda.Stream()
@@ -144,7 +152,7 @@ class TorchCudaRunner(Runner):
         torch = self.torch
         with torch.cuda.stream(self.stream):
             for k, v in feeds.items():
-                self.host_in[k].numpy()[...] = v
+                self.host_in[k].copy_(torch.from_numpy(v))  # torch's host copy is multi-threaded, numpy's is not
                 self.static_in[k].copy_(self.host_in[k], non_blocking=True)
             if self.cuda_graph is not None:
                 self.cuda_graph.replay()
@@ -153,7 +161,9 @@ class TorchCudaRunner(Runner):
             for k, v in self.static_out.items():
                 self.host_out[k].copy_(v, non_blocking=True)
         self.stream.synchronize()
-        return {k: v.numpy().copy() for k, v in self.host_out.items()}
+        for k, (amin, amax) in zip(MODEL_INPUTS, self.host_out["_range"].numpy()):
+            check_values(k, float(amin), float(amax))
+        return {k: torch.empty(v.shape).copy_(v).numpy() for k, v in self.host_out.items() if not k.startswith("_")}
 
     def replay_only(self) -> None:
         """One graph replay and a sync, no host copies: the device time, for the benchmark to set beside infer()."""

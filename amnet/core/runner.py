@@ -59,12 +59,23 @@ def check_threads(threads: int | None) -> int | None:
     return threads
 
 
-def check_feeds(feeds: dict[str, np.ndarray], specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+def check_values(name: str, amin: float, amax: float, bad: int | None = None) -> None:
+    """NaN/Inf (which show up in the min or max) is an InputError; a value outside SANE_RANGE is a warning."""
+    if not (np.isfinite(amin) and np.isfinite(amax)):
+        raise InputError(f"input '{name}' holds {bad if bad is not None else 'some'} NaN/Inf value(s)")
+    lo, hi = SANE_RANGE.get(name, (-np.inf, np.inf))
+    if amin < lo - 1e-3 or amax > hi + 1e-3:
+        warnings.warn(f"input '{name}' spans [{amin:.4g}, {amax:.4g}], outside the expected "
+                      f"[{lo:g}, {hi:g}]: outputs may be meaningless", InputWarning, stacklevel=4)
+
+
+def check_feeds(feeds: dict[str, np.ndarray], specs: list[TensorSpec], values: bool = True) -> dict[str, np.ndarray]:
     """Validate and normalise the feed dict against the artifact's inputs.
 
     Float inputs of other widths become float32. Integer arrays are refused, not
     converted: a uint8 image in [0, 255] is not the [-1, 1] float the model takes,
-    and guessing the scale would hide the mistake.
+    and guessing the scale would hide the mistake. ``values=False`` leaves the
+    NaN/range scan to a runner that does it on its device (`check_values`).
     """
     if not isinstance(feeds, dict):
         raise InputError("inputs must be a mapping of name → array")
@@ -95,13 +106,10 @@ def check_feeds(feeds: dict[str, np.ndarray], specs: list[TensorSpec]) -> dict[s
             batch = a.shape[0]
         elif a.shape[0] != batch:
             raise InputError(f"input '{s.name}' has batch {a.shape[0]} but earlier inputs have {batch}")
-        amin, amax = a.min(), a.max()  # two passes: NaN and ±Inf show up in these, no third pass needed
-        if not (np.isfinite(amin) and np.isfinite(amax)):
-            raise InputError(f"input '{s.name}' holds {int(np.size(a) - np.isfinite(a).sum())} NaN/Inf value(s)")
-        lo, hi = SANE_RANGE.get(s.name, (-np.inf, np.inf))
-        if amin < lo - 1e-3 or amax > hi + 1e-3:
-            warnings.warn(f"input '{s.name}' spans [{amin:.4g}, {amax:.4g}], outside the expected "
-                          f"[{lo:g}, {hi:g}]: outputs may be meaningless", InputWarning, stacklevel=3)
+        if values:
+            amin, amax = a.min(), a.max()  # two passes: NaN and ±Inf show up in these, no third pass needed
+            bad = None if np.isfinite(amin) and np.isfinite(amax) else int(np.size(a) - np.isfinite(a).sum())
+            check_values(s.name, amin, amax, bad)
         out[s.name] = np.ascontiguousarray(a)
     if "source" in out:
         h, w = out["source"].shape[-2:]
@@ -128,6 +136,7 @@ class Runner:
     """Base class: subclasses set ``name`` and implement ``_activate``, ``_run`` (and ``_close``)."""
 
     name = "base"
+    checks_values_on_device = False  # True: the runner scans inputs for NaN/range itself (check_values)
 
     def __init__(self, path: str | os.PathLike | None = None, *, threads: int | None = None,
                  precision: str | None = None):
@@ -175,7 +184,7 @@ class Runner:
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.is_active:
             raise AmnetError(f"{type(self).__name__} used before activate() (use it in a `with` block)")
-        feeds = check_feeds(feeds, self.inputs)
+        feeds = check_feeds(feeds, self.inputs, values=not self.checks_values_on_device)
         fixed = self.inputs[0].batch
         n = next(iter(feeds.values())).shape[0]
         if fixed is not None and n != fixed:
