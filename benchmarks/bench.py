@@ -142,7 +142,7 @@ def run_child(spec: dict, timeout: float = 300) -> dict:
 
 def bench(variants: list, checkpoint: str | None, resolution: int, threads: int = 2, iters: int = 30,
           warmup: int = 3, gflops: float | None = None, progress: bool = True) -> dict:
-    from amnet.core.progress import progress
+    from amnet.core.progress import progress_bar
 
     from runtimes import registry
 
@@ -161,7 +161,7 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
                           "batch": v.batch, "resolution": resolution})
     peak = gemm_peak_gflops()
     rows = []
-    for spec in progress(specs, desc=f"bench {resolution}²", disable=not progress, unit="variant"):
+    for spec in progress_bar(specs, desc=f"bench {resolution}²", disable=not progress, unit="variant"):
         spec.update(threads=threads, iters=iters, warmup=warmup)
         res = run_child(spec)
         rows.append({**{k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution")}, **res})

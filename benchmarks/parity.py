@@ -166,12 +166,12 @@ def face_checks(ref_face: np.ndarray, test_face: np.ndarray) -> dict:
 def evaluate(variants: list[Variant], feeds: dict, reference: dict, limits, threads: int | None = None,
              faces: bool = True, progress: bool = True, verify: bool = True) -> list[dict]:
     """Run and judge every variant. ``limits`` is an `amnet.core.limits.Limits`."""
-    from amnet.core.progress import progress
+    from amnet.core.progress import progress_bar
 
     waived = FACE_CHECKS if not faces else ()
     ref_problem = nonfinite({k: reference[k] for k in ("face", "landmarks")})
     results = []
-    for v in progress(variants, desc="parity", disable=not progress, unit="variant"):
+    for v in progress_bar(variants, desc="parity", disable=not progress, unit="variant"):
         row = {"variant": v.name, "runtime": v.runtime, "precision": v.precision, "file": v.path.name,
                "batch": v.batch, "resolution": v.resolution, "limits": limits.for_variant(v.runtime, v.precision)}
         if not row["limits"]:  # a build refuses this; a hand-edited manifest can still hold one

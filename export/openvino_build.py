@@ -70,14 +70,14 @@ def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, m
 def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     """The openvino backend's builder: one IR (.xml + .bin, published together) per ONNX file and precision."""
     ov = _ov()
-    from amnet.core.progress import progress
+    from amnet.core.progress import progress_bar
 
     from amnet.realdata import calibration_batches
     from runtimes.openvino_runner import OpenVinoRunner
 
     jobs = [(f, p) for f in onnx_files for p in opts.precisions]
     with Stage(out_dir) as stage:
-        for onnx_path, precision in progress(jobs, desc="openvino", disable=not opts.progress, unit="variant"):
+        for onnx_path, precision in progress_bar(jobs, desc="openvino", disable=not opts.progress, unit="variant"):
             meta = read_export_metadata(onnx_path)
             rt_info = {k: v for k, v in read_metadata(onnx_path).items()}
             model = ov.convert_model(str(onnx_path))

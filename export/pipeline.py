@@ -60,7 +60,7 @@ def require_limits(runtime: str, precisions) -> None:
 
 
 def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = None) -> dict:
-    from amnet.core.progress import progress
+    from amnet.core.progress import progress_bar
 
     from amnet.checkpoint import load_checkpoint
     from amnet.realdata import parity_feeds
@@ -73,7 +73,7 @@ def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = No
     feeds = parity_feeds(model, opts.resolution) if opts.check_parity else None
     jobs = [(p, b) for p in opts.parts for b in opts.batches] + ([(p, None) for p in opts.parts] if opts.dynamic else [])
     with Stage(out_dir) as stage:
-        for part, batch in progress(jobs, desc="export", disable=not opts.progress, unit="file"):
+        for part, batch in progress_bar(jobs, desc="export", disable=not opts.progress, unit="file"):
             entry, path = export_one(model, stage, part, batch, opts.resolution, loaded.sha256, opts.simplify,
                                      opts.gc_form)
             if feeds is not None:

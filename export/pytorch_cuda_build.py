@@ -13,7 +13,7 @@ from pathlib import Path
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
 from amnet.core.fileio import file_sha256, tool_versions, write_text
-from amnet.core.progress import progress
+from amnet.core.progress import progress_bar
 from runtimes.pytorch_cuda_runner import PLAN_FORMAT, cuda_torch
 
 WEIGHTS = "amnet_weights.safetensors"
@@ -37,7 +37,7 @@ def build(checkpoint: Path, out_dir: Path, opts) -> dict:
         sha = file_sha256(weights)
         jobs = [(b, p) for b in opts.batches for p in opts.precisions
                 if p != Precision.BF16 or torch.cuda.is_bf16_supported()]
-        for batch, precision in progress(jobs, desc="pytorch-cuda", disable=not opts.progress, unit="plan"):
+        for batch, precision in progress_bar(jobs, desc="pytorch-cuda", disable=not opts.progress, unit="plan"):
             plan = {"format": PLAN_FORMAT, "weights": WEIGHTS, "weights_sha256": sha, "precision": str(precision),
                     "batch": batch, "resolution": opts.resolution,
                     # Measured on an H200 (docs/gpu-check/): the grouped GC in NCHW beat the elementwise GC in

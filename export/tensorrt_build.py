@@ -114,7 +114,7 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     """The tensorrt backend's builder: one engine (+ sidecar) per ONNX file and precision."""
     trt = import_tensorrt()
     import_cudart()
-    from amnet.core.progress import progress
+    from amnet.core.progress import progress_bar
 
     from export.onnx_export import read_export_metadata
 
@@ -122,7 +122,7 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     workspace = WORKSPACE_BYTES
     jobs = [(f, p) for f in onnx_files for p in opts.precisions]
     with Stage(out_dir) as stage, tempfile.TemporaryDirectory() as tmp:
-        for fp32, precision in progress(jobs, desc="tensorrt", disable=not opts.progress, unit="engine"):
+        for fp32, precision in progress_bar(jobs, desc="tensorrt", disable=not opts.progress, unit="engine"):
             meta = read_export_metadata(fp32)
             # Keyed on the FP32 export (+ calibration size), so a cache hit skips INT8 calibration too.
             calibrated = f"{precision}/calib{opts.calib_samples}" if precision == Precision.INT8 else str(precision)

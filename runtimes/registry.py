@@ -157,11 +157,11 @@ def _open_bucket_dir(path: Path, threads, precision, verify, runtime, **options)
     resolutions = {a.get("resolution") for a in chosen}
     if not chosen:
         raise InputError(f"{path}/manifest.json lists no fixed-batch full-model {runtime} {precision} artifact")
-    if len({a["batch"] for a in chosen}) < len(chosen):
-        raise InputError(f"{path} holds several {runtime} {precision} models of one batch (GC forms?): pass one file")
     if len(resolutions) > 1:
         raise InputError(f"{path} holds {runtime} {precision} models at several resolutions "
                          f"({', '.join(f'{r}²' for r in sorted(resolutions))}): pass one file instead")
+    if len({a["batch"] for a in chosen}) < len(chosen):
+        raise InputError(f"{path} holds several {runtime} {precision} models of one batch (GC forms?): pass one file")
     return BucketedRunner({a["batch"]: open_runner(path / a["file"], threads, precision, verify, runtime, **options)
                            for a in chosen})
 

@@ -1,7 +1,7 @@
 """Progress bars when tqdm is installed; plain iteration where it is not (the GPU check machines)."""
 
 
-def progress(iterable, **kwargs):
+def progress_bar(iterable, **kwargs):
     try:
         from tqdm import tqdm
     except ImportError:
