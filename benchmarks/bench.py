@@ -129,8 +129,11 @@ def bench_one(spec: dict) -> dict:
 
 def run_child(spec: dict, timeout: float = 300) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-    p = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--one", json.dumps(spec)], capture_output=True,
-                       text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        p = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--one", json.dumps(spec)], capture_output=True,
+                           text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parent.parent)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]

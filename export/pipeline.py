@@ -11,7 +11,7 @@ from pathlib import Path
 
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
-from amnet.core.errors import InputError
+from amnet.core.errors import ArtifactError, InputError
 from amnet.core.fileio import tool_versions
 from amnet.core.limits import load_limits
 from runtimes import registry
@@ -130,6 +130,10 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
         return files
     manifest = export_checkpoint(model_path, out_dir, ExportOptions(opts.batches, opts.resolution,
                                                                     progress=opts.progress, gc_form=opts.gc_form))
+    failed = [a["name"] for a in manifest["artifacts"] if a.get("parity", {}).get("passed") is False]
+    if failed:
+        raise ArtifactError(f"the export of {model_path.name} failed its ONNX parity check ({', '.join(failed)}): "
+                            "nothing built from it")
     return [out_dir / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["batch"] in opts.batches
             and a["runtime"] == "onnxruntime" and a["precision"] == "fp32" and a.get("resolution") == opts.resolution
             and a.get("gc_form") == opts.gc_form]

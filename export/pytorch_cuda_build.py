@@ -12,6 +12,7 @@ from pathlib import Path
 
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
+from amnet.core.errors import RuntimeMissing
 from amnet.core.fileio import file_sha256, tool_versions, write_text
 from amnet.core.progress import progress_bar
 from runtimes.pytorch_cuda_runner import PLAN_FORMAT, cuda_torch
@@ -35,8 +36,9 @@ def build(checkpoint: Path, out_dir: Path, opts) -> dict:
         stage.add({"name": WEIGHTS, "runtime": "pytorch", "part": "weights", "precision": "fp32",
                    "source_sha256": loaded.sha256}, [weights])
         sha = file_sha256(weights)
-        jobs = [(b, p) for b in opts.batches for p in opts.precisions
-                if p != Precision.BF16 or torch.cuda.is_bf16_supported()]
+        if Precision.BF16 in opts.precisions and not torch.cuda.is_bf16_supported():
+            raise RuntimeMissing(f"{gpu} has no BF16: build fp32,fp16")
+        jobs = [(b, p) for b in opts.batches for p in opts.precisions]
         for batch, precision in progress_bar(jobs, desc="pytorch-cuda", disable=not opts.progress, unit="plan"):
             plan = {"format": PLAN_FORMAT, "weights": WEIGHTS, "weights_sha256": sha, "precision": str(precision),
                     "batch": batch, "resolution": opts.resolution,

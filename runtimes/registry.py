@@ -8,6 +8,9 @@ with its runner (and one with its builder, under ``export/``) + one `register`
 call: here for the built-in ones, or in a plugin module named in
 ``AMNET_BACKENDS`` (comma-separated module names, imported on first use, also
 by the benchmark's child processes).
+
+Builders are named by string: the one place this layer refers to a higher one
+(export/), by name for lazy loading, never by import; import-linter checks the rest.
 """
 from __future__ import annotations
 
@@ -135,6 +138,7 @@ def open_runner(path: str | Path, threads: int | None = None, precision: str | N
     backend = get(runtime) if runtime else for_path(path)
     found = artifacts.entry_for(path)
     if found is not None:
+        path = found[0] / found[1]["file"]  # a stale untokened file of the same name is never what runs
         if verify:
             artifacts.verify(*found)
         precision = precision or found[1]["precision"]

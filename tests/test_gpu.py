@@ -198,10 +198,12 @@ def test_tensorrt_runner_frees_everything_it_allocated(tmp_path, monkeypatch, fa
     trr.write_sidecar(engine, {"tensorrt": "10.16", "gpu": "Fake GPU", "precision": "fp16"})
     runner = trr.TensorRTRunner(engine, cuda_graph=True)
     if fail_at is None:
-        with runner:
-            assert set(cudart.live.values()) >= {"graph", "graph_exec", "stream", "device", "host"}
-            out = runner.infer({"source": np.zeros((1, 3, 8, 8), np.float32)})
-            assert out["face"].shape == (1, 3, 8, 8)
+        for _ in range(2):  # activate, close, activate again: the same tensors, nothing twice
+            with runner:
+                assert set(cudart.live.values()) >= {"graph", "graph_exec", "stream", "device", "host"}
+                assert [s.name for s in runner.inputs] == ["source"] and runner.outputs == ["face", "landmarks"]
+                out = runner.infer({"source": np.zeros((1, 3, 8, 8), np.float32)})
+                assert out["face"].shape == (1, 3, 8, 8)
     else:
         with pytest.raises(ArtifactError, match="CUDA error 2"):
             runner.activate()

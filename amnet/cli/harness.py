@@ -70,6 +70,9 @@ def run_parity(args, resolution: int, out_dir: Path) -> dict:
     if not variants:
         raise InputError(f"no variant at {resolution}² in {args.build}")
     feeds, inputs_desc = _inputs(args, resolution)
+    if feeds["source"].ndim != 4 or feeds["source"].shape[-2:] != (resolution, resolution):
+        raise InputError(f"the inputs' source is {'×'.join(map(str, feeds['source'].shape))}; the variants "
+                         f"selected run at {resolution}² (pass --resolution, or inputs at that size)")
     reference, ref_desc = _reference(args, feeds)
     results = evaluate(variants, feeds, reference, limits, args.threads, faces=not args.no_faces,
                        progress=not args.quiet, verify=not args.no_verify)
@@ -263,7 +266,8 @@ def cmd_pipeline(args) -> int:
             if missing:  # e.g. TensorRT on a machine without a GPU: said once, the run goes on
                 print(f"{name} skipped: {missing}")
                 continue
-            build(build_dir, name, build_dir, BuildOptions(backend.precisions, PIPELINE_BATCHES, r, progress=not quiet))
+            source = args.checkpoint if backend.builds_from == "checkpoint" else build_dir
+            build(source, name, build_dir, BuildOptions(backend.precisions, PIPELINE_BATCHES, r, progress=not quiet))
     results = {}
     for r in args.resolutions:
         result, text = choose(args, r, out)

@@ -10,8 +10,9 @@ One owner of ``manifest.json``. Publishing is transactional:
   new manifest atomically, and only then deletes the files no entry refers to.
 
 So a reader sees the old manifest with all its files, or the new one with all
-of its files; a SIGKILL at any point leaves the previous build loadable (at
-worst some orphans, swept by the next publish); an IR's ``.xml`` and ``.bin``
+of its files (the files of the manifest just replaced are kept until the next
+publish, for readers that read it a moment ago); a SIGKILL at any point leaves
+the previous build loadable (at worst some orphans, swept by the next publish); an IR's ``.xml`` and ``.bin``
 are never from two builds; two builds into one folder serialise on the lock.
 Entries keep their logical ``name`` (no token) so users and tools can refer to
 ``amnet_full_b1_r256_ov_int8.xml``; ``resolve`` maps it to the current file.
@@ -191,6 +192,7 @@ def publish(stage: Stage, provenance: dict | None = None) -> dict:
     out_dir = stage.dir
     with folder_lock(out_dir):
         data = read(out_dir)
+        previous = {f for a in data["artifacts"] for f in a["files"]}
         for entry, files in stage.items:
             shas = {_logical(p): file_sha256(p) for p in files}
             token = hashlib.sha256("".join(f"{n}:{s};" for n, s in sorted(shas.items())).encode()).hexdigest()
@@ -208,14 +210,14 @@ def publish(stage: Stage, provenance: dict | None = None) -> dict:
         data["schema"] = SCHEMA
         data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_text(out_dir / MANIFEST, json.dumps(data, indent=1) + "\n")
-        _sweep(out_dir, data)
+        _sweep(out_dir, {f for a in data["artifacts"] for f in a["files"]} | previous)
     stage.items = []
     return data
 
 
-def _sweep(out_dir: Path, data: dict) -> None:
-    """Delete tokened files no entry refers to, and pending files of processes that are gone."""
-    live = {f for a in data["artifacts"] for f in a["files"]}
+def _sweep(out_dir: Path, live: set[str]) -> None:
+    """Delete tokened files that neither the new nor the previous manifest refers to, and pending/temp files
+    of processes that are gone."""
     for p in out_dir.iterdir():
         m = _PENDING.match(p.name) or _TEMP.match(p.name)
         if m and not _alive(int(m.group(1))):

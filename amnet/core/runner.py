@@ -102,6 +102,8 @@ def check_feeds(feeds: dict[str, np.ndarray], specs: list[TensorSpec], values: b
                 raise InputError(f"input '{s.name}' has shape {a.shape}; expected {_fmt(s.shape)}")
         if a.shape[0] == 0:
             raise InputError(f"input '{s.name}' holds no samples (batch 0)")
+        if a.size == 0:
+            raise InputError(f"input '{s.name}' has shape {a.shape}: no values")
         if batch is None:
             batch = a.shape[0]
         elif a.shape[0] != batch:
@@ -154,6 +156,7 @@ class Runner:
     def activate(self) -> "Runner":
         if not self.is_active:
             t = time.perf_counter()
+            self.inputs, self.outputs = [], []  # filled by _activate, afresh each time
             try:
                 self._activate()
             except BaseException:
@@ -191,7 +194,14 @@ class Runner:
             raise InputError(f"this artifact was built for batch {fixed}, got {n} "
                              "(use the bucket set, which pads and trims, or export that batch)")
         t = time.perf_counter()
-        out = self._run(feeds)
+        try:
+            out = self._run(feeds)
+        except AmnetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the runtime's own failure (out of memory, a bad kernel ...)
+            text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ArtifactError(f"{self.name} failed to run {self.path.name if self.path else 'the model'}: "
+                                f"{text}") from None
         self.inference_time = time.perf_counter() - t
         return out
 
