@@ -92,7 +92,33 @@ def cmd_parity(args) -> int:
     failed = [f"{r['variant']} ({'; '.join(r['failures'])})" for r in report["variants"] if not r["passed"]]
     if failed:
         print("FAILED: " + ", ".join(failed))
+        for r in report["variants"]:
+            if not r["passed"] and r["runtime"] in ("onnxruntime", "openvino") and "metrics" in r:
+                print(f"  where it breaks: amnet-deploy diagnose {args.checkpoint} --build {args.build} "
+                      f"--variant {r['variant']}")
         return EXIT_FAIL
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from amnet.checkpoint import load_checkpoint
+    from benchmarks.diagnose import diagnose, summary_line, write_reports
+    from benchmarks.parity import collect_variants
+
+    variants = {v.name: v for v in collect_variants(Path(args.build))}
+    if args.variant not in variants:
+        raise InputError(f"no variant {args.variant!r} in {args.build}; it holds {', '.join(sorted(variants))}")
+    variant = variants[args.variant]
+    args.resolution = variant.resolution
+    feeds, _ = _inputs(args, variant.resolution)
+    if feeds["source"].shape[-2:] != (variant.resolution, variant.resolution):
+        raise InputError(f"the inputs' source is {'×'.join(map(str, feeds['source'].shape))}; {variant.name} runs "
+                         f"at {variant.resolution}²")
+    model = load_checkpoint(args.checkpoint).require_full()
+    report = diagnose(model, variant, feeds, args.snr_min)
+    write_reports(report, Path(args.report))
+    print(summary_line(report))
+    print(f"reports → {args.report}/diagnose.json, diagnose.md, diagnose.png")
     return 0
 
 
@@ -314,6 +340,17 @@ def add_commands(sub) -> None:
     common(s)
     s.add_argument("--report", default="reports/parity", help="folder for JSON, Markdown, JUnit XML and PNGs")
     s.set_defaults(func=cmd_parity)
+
+    s = sub.add_parser("diagnose", help="where a variant parts from PyTorch FP32: SNR at every conv and module "
+                                        "boundary, the first one below the floor named")
+    checkpoint_arg(s, "for the reference forward ")
+    s.add_argument("--build", required=True, help="build folder (its manifest.json lists the variants)")
+    s.add_argument("--variant", required=True, help="a variant name as parity prints it, e.g. openvino-int8-b1-r128")
+    s.add_argument("--inputs", help="npz with source/audio/pose/eye (default: held-out real inputs)")
+    s.add_argument("--samples", type=positive("--samples"), default=8, help="held-out samples to use")
+    s.add_argument("--snr-min", type=float, help="SNR floor in dB (default by precision: fp32 80, fp16 45, int8 20)")
+    s.add_argument("--report", default="reports/diagnose", help="folder for JSON, Markdown and the SNR plot")
+    s.set_defaults(func=cmd_diagnose)
 
     s = sub.add_parser("bench", help="latency, FPS, RSS, cold start and roofline of every variant vs eager")
     common(s)
