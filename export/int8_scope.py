@@ -18,7 +18,12 @@ residual cell, the inverted-residual projections and the second decoder conv.
 """
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from amnet.core.errors import InputError
 
 # Node-name fragments as the TorchScript ONNX exporter writes them (OpenVINO keeps them as friendly names).
 GC_PATH = r"/gcs\.\d+/"
@@ -33,10 +38,57 @@ FLOAT_NODES = re.compile("|".join(f"(?:{f})" for f in FLOAT_FRAGMENTS))
 FLOAT_OP_TYPES = ("Add", "MVN")
 
 
-def nncf_patterns() -> list[str]:
-    """The same rule as NNCF IgnoredScope patterns (matched against whole node names)."""
-    return [f".*{f}.*" for f in FLOAT_FRAGMENTS]
+ALWAYS_FLOAT = (GC_PATH, FUSER)  # what a generated scope keeps float whatever it measured: not plain convs
 
 
-def describe() -> str:
-    return "GC path, fuser, convs reading a GC output, last conv; residual Add and InstanceNorm inputs"
+@dataclass(frozen=True)
+class Scope:
+    """What an INT8 build keeps float: node-name fragments (regexes) and op types."""
+
+    fragments: tuple[str, ...] = FLOAT_FRAGMENTS
+    op_types: tuple[str, ...] = FLOAT_OP_TYPES
+    source: str = "export/int8_scope.py"
+
+    @property
+    def nodes(self) -> re.Pattern:
+        return re.compile("|".join(f"(?:{f})" for f in self.fragments))
+
+    def nncf_patterns(self) -> list[str]:
+        """The same rule as NNCF IgnoredScope patterns (matched against whole node names)."""
+        return [f".*{f}.*" for f in self.fragments]
+
+    def describe(self) -> str:
+        if self.fragments == FLOAT_FRAGMENTS:
+            return "GC path, fuser, convs reading a GC output, last conv; residual Add and InstanceNorm inputs"
+        return f"{self.source}: {len(self.fragments)} node patterns, op types {', '.join(self.op_types)}"
+
+
+SCOPE_FORMAT = "amnet-int8-scope/1"
+
+
+def load_scope(path: Path | None) -> Scope:
+    """The default scope, or one written by `amnet-deploy diagnose --sensitivity` (validated, one-line errors)."""
+    if path is None:
+        return Scope()
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{path} is not a readable INT8 scope file") from None
+    if not isinstance(data, dict) or data.get("format") != SCOPE_FORMAT or not isinstance(data.get("float_nodes"), list):
+        raise InputError(f"{path} is not an {SCOPE_FORMAT} file (make one with `amnet-deploy diagnose --sensitivity`)")
+    fragments = tuple(str(f) for f in data["float_nodes"])
+    for f in fragments:
+        try:
+            re.compile(f)
+        except re.error:
+            raise InputError(f"{path}: {f!r} is not a valid pattern") from None
+    return Scope(fragments, tuple(data.get("float_op_types", FLOAT_OP_TYPES)), str(path))
+
+
+def write_scope(path: Path, float_layers: list[str], meta: dict) -> Path:
+    """float_layers: module scopes ('/reenactor/cells.1/body/body.0/'), kept float beside ALWAYS_FLOAT."""
+    from amnet.core.fileio import write_text
+
+    data = {"format": SCOPE_FORMAT, "float_nodes": [*ALWAYS_FLOAT, *(re.escape(x) for x in float_layers)],
+            "float_op_types": list(FLOAT_OP_TYPES), **meta}
+    return write_text(path, json.dumps(data, indent=1) + "\n")

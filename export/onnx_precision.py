@@ -27,7 +27,7 @@ from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
 from amnet.core.errors import InputError, RuntimeMissing
 from amnet.core.fileio import file_sha256, tool_versions
-from export.int8_scope import FLOAT_NODES, describe
+from export.int8_scope import Scope, load_scope
 from export.onnx_export import read_export_metadata, save_onnx, set_metadata
 
 # FP16 keeps the GC path, the fuser and the two image-facing convs (first encoder conv, last decoder conv)
@@ -62,7 +62,8 @@ class _CalibReader:
         return next(self.items, None)
 
 
-def to_int8_qdq(onnx_path: Path, resolution: int, batch: int, samples: int = 64) -> onnx.ModelProto:
+def to_int8_qdq(onnx_path: Path, resolution: int, batch: int, samples: int = 64,
+                scope: Scope | None = None) -> onnx.ModelProto:
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     except ImportError:
@@ -75,7 +76,7 @@ def to_int8_qdq(onnx_path: Path, resolution: int, batch: int, samples: int = 64)
             str(onnx_path), str(out), _CalibReader(names, resolution, batch, samples),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             per_channel=True, calibrate_method=CalibrationMethod.Percentile,
-            nodes_to_exclude=kept_nodes(proto, FLOAT_NODES), op_types_to_quantize=["Conv", "ConvTranspose"],
+            nodes_to_exclude=kept_nodes(proto, (scope or Scope()).nodes), op_types_to_quantize=["Conv", "ConvTranspose"],
             # Percentile 99.99 clips rare activation outliers: +2.8 dB PSNR over MinMax on held-out faces.
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.99,
                            # Weights become int8 initializers + DequantizeLinear, which TensorRT reads as explicit
@@ -88,7 +89,7 @@ def to_int8_qdq(onnx_path: Path, resolution: int, batch: int, samples: int = 64)
         qdq = onnx.load(str(out))
     set_metadata(qdq, {"precision": "int8", "calibration_samples": str(samples),
                        "quantization": "QDQ symmetric int8, per-channel weights, percentile 99.99 calibration",
-                       "fp32_kept": describe()})
+                       "fp32_kept": (scope or Scope()).describe()})
     return qdq
 
 
@@ -98,13 +99,13 @@ def precision_name(fp32_name: str, precision: str) -> str:
     return f"{stem}_{precision}.{ext}"
 
 
-def precision_proto(fp32: Path, precision: str, calib_samples: int) -> onnx.ModelProto:
+def precision_proto(fp32: Path, precision: str, calib_samples: int, scope: Scope | None = None) -> onnx.ModelProto:
     """The FP16 or Q/DQ INT8 model made from one fixed-batch FP32 export."""
     meta = read_export_metadata(fp32)
     if precision == Precision.FP16:
         return to_fp16(onnx.load(str(fp32)))
     if precision == Precision.INT8:
-        return to_int8_qdq(fp32, meta["resolution"], meta["batch"], calib_samples)
+        return to_int8_qdq(fp32, meta["resolution"], meta["batch"], calib_samples, scope)
     raise InputError(f"no {precision} ONNX to make: the fp32 ONNX is the export itself")
 
 
@@ -117,7 +118,8 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
         for fp32, precision in progress_bar(jobs, desc="onnx precision", disable=not opts.progress, unit="file"):
             meta = read_export_metadata(fp32)
             name = precision_name(artifacts.logical_name(fp32), str(precision))
-            pending = save_onnx(precision_proto(fp32, precision, opts.calib_samples), stage.path(name))
+            pending = save_onnx(precision_proto(fp32, precision, opts.calib_samples, load_scope(opts.int8_scope)),
+                                stage.path(name))
             stage.add({"name": name, "runtime": "onnxruntime", "part": "full", "gc_form": meta["gc_form"],
                        "batch": meta["batch"], "resolution": meta["resolution"], "precision": str(precision),
                        "audio_delta": meta["audio_delta"], "from": artifacts.logical_name(fp32),

@@ -21,7 +21,7 @@ import numpy as np
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
 from amnet.core.fileio import file_sha256, lazy_import, tool_versions
-from export.int8_scope import FLOAT_OP_TYPES, describe, nncf_patterns
+from export.int8_scope import Scope, load_scope
 from export.onnx_export import read_export_metadata, read_metadata
 
 PSNR_CAP = 50.0
@@ -37,14 +37,15 @@ def ir_name(onnx_name: str, precision: str) -> str:
 
 
 def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, max_drop: float,
-             validation: list[dict] | None = None):
+             validation: list[dict] | None = None, scope: Scope | None = None):
     import logging
 
     nncf = lazy_import("nncf", "pip install nncf", "2.16")
+    scope = scope or Scope()
 
     nncf.set_log_level(logging.ERROR)  # its INFO lines list every ignored node
     dataset = nncf.Dataset(items)
-    ignored = nncf.IgnoredScope(patterns=nncf_patterns(), types=list(FLOAT_OP_TYPES), validate=False)
+    ignored = nncf.IgnoredScope(patterns=scope.nncf_patterns(), types=list(scope.op_types), validate=False)
     preset_enum = nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
     if not accuracy_control:
         return nncf.quantize(ov_model, dataset, preset=preset_enum, subset_size=len(items), ignored_scope=ignored,
@@ -75,6 +76,7 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     from amnet.realdata import calibration_batches
     from runtimes.openvino_runner import OpenVinoRunner
 
+    scope = load_scope(getattr(opts, "int8_scope", None))
     jobs = [(f, p) for f in onnx_files for p in opts.precisions]
     with Stage(out_dir) as stage:
         for onnx_path, precision in progress_bar(jobs, desc="openvino", disable=not opts.progress, unit="variant"):
@@ -86,10 +88,10 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
                 items = calibration_batches(names, meta["resolution"], opts.calib_samples, meta["batch"])
                 # Accuracy control validates on calibration inputs: the held-out split stays for the parity gate.
                 validation = items[-max(1, 16 // meta["batch"]):] if opts.accuracy_control else None
-                model = quantize(model, items, opts.preset, opts.accuracy_control, opts.max_drop, validation)
+                model = quantize(model, items, opts.preset, opts.accuracy_control, opts.max_drop, validation, scope)
                 rt_info["calibration"] = json.dumps({"samples": len(items) * meta["batch"], "preset": opts.preset,
                                                      "accuracy_control": opts.accuracy_control,
-                                                     "max_drop_db": opts.max_drop, "kept_float": describe()})
+                                                     "max_drop_db": opts.max_drop, "kept_float": scope.describe()})
             rt_info["precision"] = str(precision)
             for k, v in rt_info.items():
                 model.set_rt_info(str(v), k)

@@ -44,6 +44,7 @@ class BuildOptions:
     version_compatible: bool = False  # TensorRT
     progress: bool = True
     gc_form: str = "grouped"  # which fixed-batch FP32 export to build from (exported now if missing)
+    int8_scope: Path | None = None  # a scope file from `diagnose --sensitivity`; None: export/int8_scope.py
 
     def __post_init__(self):
         self.precisions = tuple(Precision.parse(p) for p in self.precisions)

@@ -94,10 +94,12 @@ def _cached(out_dir: Path, key: str) -> dict | None:
     return None
 
 
-def _precision_source(fp32: Path, precision: Precision, out_dir: Path, calib_samples: int, tmp: Path) -> Path:
+def _precision_source(fp32: Path, precision: Precision, out_dir: Path, calib_samples: int, tmp: Path,
+                      scope_file: Path | None = None) -> Path:
     """The ONNX an engine is built from: the export (fp32), or the onnxruntime build's FP16/INT8 file when it
     was made from this very export, else one made now (so INT8 is calibrated once, not per engine build)."""
     from export.onnx_export import save_onnx
+    from export.int8_scope import load_scope
     from export.onnx_precision import precision_name, precision_proto
 
     if precision == Precision.FP32:
@@ -105,9 +107,9 @@ def _precision_source(fp32: Path, precision: Precision, out_dir: Path, calib_sam
     name = precision_name(artifacts.logical_name(fp32), str(precision))
     fp32_sha = file_sha256(fp32)
     for a in artifacts.read(out_dir)["artifacts"]:
-        if a["name"] == name and a.get("from_sha256") == fp32_sha:
+        if a["name"] == name and a.get("from_sha256") == fp32_sha and scope_file is None:
             return out_dir / a["file"]
-    return save_onnx(precision_proto(fp32, precision, calib_samples), tmp / name)
+    return save_onnx(precision_proto(fp32, precision, calib_samples, load_scope(scope_file)), tmp / name)
 
 
 def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
@@ -125,11 +127,13 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
         for fp32, precision in progress_bar(jobs, desc="tensorrt", disable=not opts.progress, unit="engine"):
             meta = read_export_metadata(fp32)
             # Keyed on the FP32 export (+ calibration size), so a cache hit skips INT8 calibration too.
-            calibrated = f"{precision}/calib{opts.calib_samples}" if precision == Precision.INT8 else str(precision)
+            scope_id = file_sha256(opts.int8_scope)[:12] if opts.int8_scope else "default"
+            calibrated = (f"{precision}/calib{opts.calib_samples}/scope-{scope_id}" if precision == Precision.INT8
+                          else str(precision))
             key = cache_key(file_sha256(fp32), trt.__version__, gpu, calibrated, opts.version_compatible, workspace)
             if _cached(out_dir, key) is not None:
                 continue
-            src = _precision_source(fp32, precision, out_dir, opts.calib_samples, Path(tmp))
+            src = _precision_source(fp32, precision, out_dir, opts.calib_samples, Path(tmp), opts.int8_scope)
             onnx_sha = file_sha256(src)
             data, seconds = serialize_engine(src, str(precision), out_dir / TIMING_CACHE, workspace,
                                              opts.version_compatible)

@@ -167,8 +167,9 @@ def test_layer_profile_shows_what_ran_int8(ov_build):
     kernels = {}
     for (name, kernel), ms in totals.items():
         kernels.setdefault(name, set()).add(kernel)
-    # One request runs its layers one after another: their times add up to (most of) the wall time.
-    assert 0.3 * wall_ms < sum(totals.values()) < 1.2 * wall_ms
+    # One request runs its layers one after another: their times add up to most of the wall time (loose bounds:
+    # a loaded 2-core machine stretches both; a unit slip, s for ms, would be off by 1000×).
+    assert 0.2 * wall_ms < sum(totals.values()) < 2.0 * wall_ms
     assert {"GC conv", "conv reading a GC output", "other conv", "MVN"} <= set(kernels)
     assert not any("I8" in k for k in kernels["conv reading a GC output"])
     assert any("I8" in k for k in kernels["other conv"])

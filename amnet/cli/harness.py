@@ -119,7 +119,27 @@ def cmd_diagnose(args) -> int:
     write_reports(report, Path(args.report))
     print(summary_line(report))
     print(f"reports → {args.report}/diagnose.json, diagnose.md, diagnose.png")
+    if args.sensitivity:
+        return _sensitivity(args, model, variant, feeds)
     return 0
+
+
+def _sensitivity(args, model, variant, feeds) -> int:
+    from amnet.core import artifacts
+    from benchmarks import sensitivity
+    from runtimes.pytorch_runner import reference_outputs
+
+    source = artifacts.resolve(Path(args.build) / variant.extra.get("from", variant.path.name))
+    if source.suffix != ".onnx" or not source.is_file():
+        raise InputError(f"--sensitivity needs the FP32 ONNX {variant.name} was built from, in {args.build}")
+    reference = reference_outputs(model, feeds)["face"]
+    report = sensitivity.scan(source, feeds, reference, args.budget_db, args.calib_samples, variant.batch or 1)
+    scope_file = Path(args.scope_out or Path(args.report) / "int8_scope.json")
+    sensitivity.write_reports(report, Path(args.report), scope_file)
+    top = ", ".join(r["layer"].replace("/reenactor/", "") for r in report["layers"][:3])
+    print(f"most costly alone in INT8: {top}; scope for {args.budget_db:g} dB: {len(report['scope'])} convs float, "
+          f"{report['scope_psnr']:.1f} dB → {scope_file} (build --int8-scope {scope_file}); {report['seconds']:.0f} s")
+    return 0 if report["met"] else EXIT_FAIL
 
 
 def run_bench(args, resolution: int) -> dict:
@@ -349,7 +369,13 @@ def add_commands(sub) -> None:
     s.add_argument("--inputs", help="npz with source/audio/pose/eye (default: held-out real inputs)")
     s.add_argument("--samples", type=positive("--samples"), default=8, help="held-out samples to use")
     s.add_argument("--snr-min", type=float, help="SNR floor in dB (default by precision: fp32 80, fp16 45, int8 20)")
-    s.add_argument("--report", default="reports/diagnose", help="folder for JSON, Markdown and the SNR plot")
+    s.add_argument("--sensitivity", action="store_true",
+                   help="also scan every quantizable conv (alone in INT8, alone float) and write the smallest float "
+                        "scope that meets --budget-db (OpenVINO/NNCF, on the variant's FP32 ONNX)")
+    s.add_argument("--budget-db", type=float, default=40.0, help="face PSNR the generated INT8 scope must keep")
+    s.add_argument("--calib-samples", type=positive("--calib-samples"), default=16)
+    s.add_argument("--scope-out", help="where the scope file goes (default REPORT/int8_scope.json)")
+    s.add_argument("--report", default="reports/diagnose", help="folder for JSON, Markdown and the plots")
     s.set_defaults(func=cmd_diagnose)
 
     s = sub.add_parser("bench", help="latency, FPS, RSS, cold start and roofline of every variant vs eager")

@@ -183,7 +183,8 @@ def cmd_build(args) -> int:
     from export.pipeline import BuildOptions, build
 
     opts = BuildOptions(tuple(args.precision), tuple(args.batch), args.resolution, args.calib_samples, args.preset,
-                        args.accuracy_control, args.max_drop, args.version_compatible, not args.quiet, args.gc_form)
+                        args.accuracy_control, args.max_drop, args.version_compatible, not args.quiet, args.gc_form,
+                        Path(args.int8_scope) if args.int8_scope else None)
     manifest = build(Path(args.model), args.runtime, Path(args.output), opts)
     print_artifacts([a for a in manifest["artifacts"] if a["runtime"] == args.runtime])
     return 0
@@ -296,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gc-form", choices=("grouped", "elementwise"), default="grouped",
                    help="build from the grouped (default) or the elementwise-GC export, e.g. for TensorRT when it "
                         "has no kernel for a conv with run-time weights and group = N·C")
+    s.add_argument("--int8-scope", metavar="FILE", help="what INT8 keeps float: a scope file written by "
+                   "`amnet-deploy diagnose --sensitivity` (default: export/int8_scope.py)")
     s.add_argument("--version-compatible", action="store_true",
                    help="TensorRT: build version-compatible engines (run on later TensorRT versions)")
     s.add_argument("--max-drop", type=float, default=6.0,
