@@ -222,14 +222,11 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
+    from benchmarks.plots import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
-    from amnet.core.fileio import atomic_write
 
     rows = [r for r in report["probes"] if r["snr_db"] is not None]
     snr = [min(r["snr_db"], 160.0) for r in rows]
@@ -241,9 +238,7 @@ def plot(report: dict, path: Path) -> Path | None:
     ax.set_title(summary_line(report), fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def write_reports(report: dict, out_dir: Path) -> None:

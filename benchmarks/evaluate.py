@@ -58,13 +58,9 @@ def retrieval_ceiling(target: np.ndarray, identity: np.ndarray, train: Path, res
 
 def save_grid(source, target, generated, path: Path, columns: int = 8) -> None:
     """Rows: source | real target | generated, for evenly spaced held-out samples."""
-    import matplotlib
+    from benchmarks.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from amnet.core.fileio import atomic_write
-
+    plt = pyplot()
     idx = np.linspace(0, len(source) - 1, columns).astype(int)
     fig, axes = plt.subplots(3, columns, figsize=(1.6 * columns, 5.2))
     for row, (name, imgs) in enumerate((("source", source), ("real target", target), ("generated", generated))):
@@ -76,5 +72,4 @@ def save_grid(source, target, generated, path: Path, columns: int = 8) -> None:
             if col == 0:
                 ax.set_ylabel(name, fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
-    plt.close(fig)
+    save(fig, path, dpi=90)

@@ -126,9 +126,7 @@ def plain_replay(model, batch: int, resolution: int, feeds: dict) -> dict:
 
     result = time_calls(call, batch)
     result["replay_only"] = time_calls(replay, batch)
-    del graph, m
-    torch.cuda.empty_cache()
-    return result
+    return result  # the graph and the model copy go with this frame
 
 
 def check_variants(build: Path, resolution: int, feeds: dict, refs: dict, limits, model, peaks, runtime: str) -> list:

@@ -273,12 +273,13 @@ def junit(rows: list[dict]) -> bytes:
     return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
 
 
-def diff_png(ref: np.ndarray, test: np.ndarray, title: str, path: Path, gain: float = 10.0) -> Path:
-    """reference | variant | |difference|×gain heatmap, for up to four samples."""
-    import matplotlib
+def diff_png(ref: np.ndarray, test: np.ndarray, title: str, path: Path, gain: float = 10.0) -> Path | None:
+    """reference | variant | |difference|×gain heatmap, for up to four samples (None without matplotlib)."""
+    from benchmarks.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return None
 
     n = min(4, len(ref))
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
@@ -293,6 +294,4 @@ def diff_png(ref: np.ndarray, test: np.ndarray, title: str, path: Path, gain: fl
             ax.axis("off")
     fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.6)
     fig.suptitle(title, fontsize=9)
-    atomic_write(path, lambda t: fig.savefig(t, dpi=80, format="png"))
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=80)

@@ -121,14 +121,11 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
+    from benchmarks.plots import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
-    from amnet.core.fileio import atomic_write
 
     rows = report["layers"]
     fig, ax = plt.subplots(figsize=(8, 0.22 * len(rows) + 1.2))
@@ -140,9 +137,7 @@ def plot(report: dict, path: Path) -> Path | None:
     ax.set_xlabel("face PSNR vs FP32 (dB)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, dpi=100, format="png"))
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=100)
 
 
 def write_reports(report: dict, out_dir: Path, scope_file: Path) -> None:

@@ -215,12 +215,11 @@ def choose_markdown(ranked: list[dict], resolution: int, threads: int, excluded:
 
 def speed_plot(bench_rows: list[dict], passed: set[str], resolution: int, path: Path) -> Path:
     """Bars: FPS at batch 1 and best throughput per variant; grey = failed the gate; lines: eager, real time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plots import pyplot, save
 
     from benchmarks.bench import REAL_TIME_FPS
+
+    plt = pyplot()
 
     rows = [r for r in bench_rows if "fps" in r]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
@@ -239,11 +238,7 @@ def speed_plot(bench_rows: list[dict], passed: set[str], resolution: int, path: 
     ax.set_title(f"AMNet at {resolution}×{resolution} (grey: failed the parity gate)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    from amnet.core.fileio import atomic_write
-
-    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=90)
 
 
 def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
