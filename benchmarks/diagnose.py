@@ -4,7 +4,9 @@ Every convolution of ψ and every module boundary that maps back to the model
 (encoder, each cell, each GC output, decoder stages) is a probe. The PyTorch
 side records them with forward hooks; the variant exposes the same tensors:
 ONNX Runtime by adding them as graph outputs, OpenVINO by ``Model.add_outputs``
-(the IR keeps the ONNX tensor names). Probes are compared in graph order by SNR
+(the IR keeps the ONNX tensor names), TensorRT by rebuilding the variant's
+precision ONNX with the probes marked as engine outputs (a close relative of
+the deployed engine: a marked tensor can stop fusion across it). Probes are compared in graph order by SNR
 (dB: signal power over error power) and max abs; the first one below
 ``--snr-min`` is named in one line, and a plot shows SNR by depth.
 
@@ -153,6 +155,36 @@ def openvino_variant_tensors(path: Path, tensors: list[str], feeds: dict, batch:
     return run_in_chunks(run, feeds, batch or 1, pad=True)
 
 
+def tensorrt_variant_tensors(variant, tensors: list[str], feeds: dict) -> dict[str, np.ndarray]:
+    """TensorRT: the variant's precision ONNX rebuilt with every probe marked as an engine output, then run."""
+    from amnet.core import artifacts
+    from export.onnx_export import save_onnx
+    from export.onnx_precision import precision_name, precision_proto
+    from export.tensorrt_build import serialize_engine
+    from runtimes.tensorrt_runner import TensorRTRunner, gpu_name, import_tensorrt, write_sidecar
+
+    trt = import_tensorrt()
+    folder, side = variant.path.parent, variant.extra.get("tensorrt", {})
+    fp32 = artifacts.resolve(folder / variant.extra.get("from", ""))
+    if not fp32.is_file():
+        raise ArtifactError(f"{variant.name} was built from {variant.extra.get('from')}, which is not in {folder}")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = fp32
+        if variant.precision != "fp32":
+            source = artifacts.resolve(folder / precision_name(variant.extra["from"], variant.precision))
+            if not source.is_file():
+                source = save_onnx(precision_proto(fp32, variant.precision, 32), Path(tmp) / "probe_source.onnx")
+        data, _ = serialize_engine(source, variant.precision, Path(tmp) / "timing.cache",
+                                   side.get("workspace_bytes", 2 << 30), extra_outputs=tuple(tensors))
+        engine = Path(tmp) / "probes.engine"
+        engine.write_bytes(data)
+        write_sidecar(engine, {"tensorrt": trt.__version__, "gpu": gpu_name(), "precision": variant.precision})
+        with TensorRTRunner(engine) as runner:
+            found = [t for t in tensors if t in runner.outputs]
+            return run_in_chunks(lambda c: {t: v for t, v in runner.infer(c).items() if t in found},
+                                 {k: feeds[k] for k in MODEL_INPUTS}, variant.batch or 1, pad=True)
+
+
 def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
     ref, test = ref.astype(np.float64), test.astype(np.float64)
     noise = float(np.sum((ref - test) ** 2))
@@ -166,13 +198,18 @@ def diagnose(model, variant, feeds: dict, snr_min: float | None = None) -> dict:
     """Probe by probe comparison of one variant (a benchmarks.parity.Variant) with the PyTorch forward."""
     from amnet.core import artifacts
 
-    if variant.runtime not in ("onnxruntime", "openvino"):
-        raise InputError(f"diagnose runs ONNX Runtime and OpenVINO variants; {variant.name} is {variant.runtime} "
-                         "(TensorRT: mark the same tensors as outputs on a GPU machine)")
+    if variant.runtime not in ("onnxruntime", "openvino", "tensorrt"):
+        raise InputError(f"diagnose runs ONNX Runtime, OpenVINO and TensorRT variants; {variant.name} is "
+                         f"{variant.runtime}")
     artifacts.verify(variant.path.parent, variant.extra)
+    if variant.runtime == "tensorrt":  # before any work: on a machine without it, one line
+        from runtimes.tensorrt_runner import import_cudart, import_tensorrt
+
+        import_tensorrt()
+        import_cudart()
     scopes, paths = onnx_scopes(model), probe_modules(model)
     order_file = variant.path
-    if variant.runtime == "openvino":  # the names and order of the ONNX the IR was built from
+    if variant.runtime in ("openvino", "tensorrt"):  # the names and order of the ONNX it was built from
         source = artifacts.resolve(variant.path.parent / variant.extra.get("from", ""))
         if not source.is_file():
             raise ArtifactError(f"{variant.name} was built from {variant.extra.get('from')}, which is not in "
@@ -183,6 +220,8 @@ def diagnose(model, variant, feeds: dict, snr_min: float | None = None) -> dict:
     names = [p["tensor"] for p in probes]
     if variant.runtime == "onnxruntime":
         got = onnx_variant_tensors(variant.path, names, feeds, variant.batch)
+    elif variant.runtime == "tensorrt":
+        got = tensorrt_variant_tensors(variant, names, feeds)
     else:
         got = openvino_variant_tensors(variant.path, names, feeds, variant.batch, variant.precision)
     floor = SNR_MIN.get(variant.precision, 30.0) if snr_min is None else snr_min

@@ -28,7 +28,7 @@ from amnet.core.progress import progress_bar
 from amnet.core.runner import MODEL_INPUTS, run_in_chunks
 from export.int8_scope import ALWAYS_FLOAT, FLOAT_OP_TYPES, write_scope
 
-CONV_TYPES = ("Convolution", "ConvolutionBackpropData")
+CONV_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData")  # depthwise convs are layers too
 
 
 def layer_of(friendly_name: str) -> str:

@@ -53,8 +53,12 @@ def builder_flags(trt, precision: str, version_compatible: bool) -> tuple[list, 
 
 
 def serialize_engine(onnx_path: Path, precision: str, timing_cache: Path, workspace: int = WORKSPACE_BYTES,
-                     version_compatible: bool = False) -> tuple[bytes, float]:
-    """Parse one precision-carrying ONNX and build its engine; returns (bytes, build seconds)."""
+                     version_compatible: bool = False, extra_outputs: tuple[str, ...] = ()) -> tuple[bytes, float]:
+    """Parse one precision-carrying ONNX and build its engine; returns (bytes, build seconds).
+
+    ``extra_outputs``: ONNX tensor names to mark as engine outputs too (diagnose's probes; marking a tensor
+    can stop TensorRT fusing across it, so a probed engine is a close relative of the deployed one).
+    """
     trt = import_tensorrt()
     builder = trt.Builder(logger())
     # TensorRT 10: strong typing is opt-in via this flag; TensorRT 11: always on (the flag may be gone).
@@ -64,6 +68,13 @@ def serialize_engine(onnx_path: Path, precision: str, timing_cache: Path, worksp
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ArtifactError(f"TensorRT could not parse {onnx_path.name}: {errors[:300]}")
+    wanted = set(extra_outputs)
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            tensor = layer.get_output(j)
+            if tensor.name in wanted and not tensor.is_network_output:
+                network.mark_output(tensor)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     to_set, to_clear = builder_flags(trt, precision, version_compatible)

@@ -82,3 +82,25 @@ def test_bad_diagnose_input_is_one_line(small_build, checkpoint_file, tmp_path, 
     assert main(["diagnose", str(checkpoint_file), "--build", str(d), *args, "--report", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert main(["diagnose", str(checkpoint_file), "--build", str(tmp_path / "none"), "--variant", "x"]) == 2
+
+
+def test_a_tensorrt_variant_without_tensorrt_is_one_line(small_build, checkpoint_file, tmp_path, capsys):
+    """The TensorRT probe path (engine rebuilt with the probes marked) needs TensorRT: here it says so."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT present: the refusal is not reachable")
+    d, inputs = small_build
+    build = copy_build(d, tmp_path / "b")
+    with artifacts.Stage(build) as stage:
+        engine = stage.path("amnet_full_b1_r32_trt_fp16.engine")
+        engine.write_bytes(b"\0" * 64)
+        engine.with_name(engine.name + ".json").write_text("{}")
+        stage.add({"name": "amnet_full_b1_r32_trt_fp16.engine", "runtime": "tensorrt", "part": "full",
+                   "precision": "fp16", "batch": 1, "resolution": 32, "from": "amnet_full_b1_r32.onnx"},
+                  [engine, engine.with_name(engine.name + ".json")])
+        artifacts.publish(stage)
+    assert main(["diagnose", str(checkpoint_file), "--build", str(build), "--variant", "tensorrt-fp16-b1-r32",
+                 "--inputs", str(inputs), "--report", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "tensorrt is not installed" in err and err.count("\n") == 1

@@ -93,7 +93,7 @@ def cmd_parity(args) -> int:
     if failed:
         print("FAILED: " + ", ".join(failed))
         for r in report["variants"]:
-            if not r["passed"] and r["runtime"] in ("onnxruntime", "openvino") and "metrics" in r:
+            if not r["passed"] and r["runtime"] in ("onnxruntime", "openvino", "tensorrt") and "metrics" in r:
                 print(f"  where it breaks: amnet-deploy diagnose {args.checkpoint} --build {args.build} "
                       f"--variant {r['variant']}")
         return EXIT_FAIL
