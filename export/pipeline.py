@@ -121,10 +121,7 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
                              "builds start from the full-model fp32 export")
         return [model_path]
     if model_path.is_dir():
-        arts = artifacts.read(model_path)["artifacts"]
-        files = [model_path / a["file"] for a in arts if a["part"] == "full" and a["runtime"] == "onnxruntime"
-                 and a["precision"] == "fp32" and a.get("batch") in opts.batches
-                 and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form]
+        files = _fp32_exports(model_path, artifacts.read(model_path), opts)
         if not files:
             raise InputError(f"{model_path} holds no fp32 full-model ONNX ({opts.gc_form} GC) at {opts.resolution}² "
                              f"for batch {','.join(map(str, opts.batches))}: run `amnet-deploy export` first")
@@ -135,6 +132,11 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
     if failed:
         raise ArtifactError(f"the export of {model_path.name} failed its ONNX parity check ({', '.join(failed)}): "
                             "nothing built from it")
-    return [out_dir / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["batch"] in opts.batches
-            and a["runtime"] == "onnxruntime" and a["precision"] == "fp32" and a.get("resolution") == opts.resolution
-            and a.get("gc_form") == opts.gc_form]
+    return _fp32_exports(out_dir, manifest, opts)
+
+
+def _fp32_exports(folder: Path, manifest: dict, opts: BuildOptions) -> list[Path]:
+    """The full-model FP32 ONNX files of a manifest that match the build's batches, resolution and GC form."""
+    return [folder / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["runtime"] == "onnxruntime"
+            and a["precision"] == "fp32" and a.get("batch") in opts.batches
+            and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form]

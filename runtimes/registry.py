@@ -130,15 +130,16 @@ def open_runner(path: str | Path, threads: int | None = None, precision: str | N
     Files listed in a manifest are checked against its sha256 first (``verify``);
     a logical artifact name (without the content token) resolves to its current file.
     """
-    path = artifacts.resolve(Path(path))
-    if not path.exists():
-        raise InputError(f"model not found: {path}")
+    path = Path(path)
     if path.is_dir():
         return _open_bucket_dir(path, threads, precision, verify, runtime, **options)
-    backend = get(runtime) if runtime else for_path(path)
-    found = artifacts.entry_for(path)
+    found = artifacts.entry_for(path)  # the manifest is read once: entry, current file and sha256 from it
     if found is not None:
         path = found[0] / found[1]["file"]  # a stale untokened file of the same name is never what runs
+    if not path.exists():
+        raise InputError(f"model not found: {path}")
+    backend = get(runtime) if runtime else for_path(path)
+    if found is not None:
         if verify:
             artifacts.verify(*found)
         precision = precision or found[1]["precision"]
