@@ -21,10 +21,8 @@ import numpy as np
 
 from amnet.core.errors import InputError
 
-SAMPLE_RATE = 44100
-HOP = 512
-N_FFT = 2048
-WINDOW = 64
+from amnet.speech import SAMPLE_RATE
+
 CROP = 256
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 
@@ -60,37 +58,32 @@ _PNP_INDEX = [30, 8, 36, 45, 48, 54]
 # ---------------------------------------------------------------- audio
 
 def audio_features(wav: np.ndarray, sr: int, delta: str = "official") -> np.ndarray:
-    """60×T features: 20 MFCC, delta, delta-delta (±2-frame regression).
+    """60×T features: 20 MFCC, delta, delta-delta (±2-frame regression), with librosa's whole-signal dB floor.
 
     ``official`` takes the deltas along the coefficient axis, as the release
     does (it passes a coefficients×time array to a time×coefficients helper);
-    ``time`` takes them along time.
+    ``time`` takes them along time. `amnet.speech` computes them (frame by frame, as a stream can).
     """
-    import librosa
+    from amnet import speech
 
-    if delta not in ("official", "time"):
+    if delta not in speech.DELTAS:
         raise InputError(f"audio delta must be 'official' or 'time', got {delta!r}")
     if wav.ndim > 1:
         wav = wav.mean(axis=1)
     if sr != SAMPLE_RATE:
+        import librosa
+
         wav = librosa.resample(wav.astype(np.float32), orig_sr=sr, target_sr=SAMPLE_RATE)
-    mfcc = librosa.feature.mfcc(y=wav.astype(np.float32), sr=SAMPLE_RATE, n_mfcc=20, n_fft=N_FFT, hop_length=HOP)
-    axis = 0 if delta == "official" else 1
-    # Savitzky-Golay slope over 5 points with edge padding == the ±2-frame regression delta.
-    d1 = librosa.feature.delta(mfcc, width=5, axis=axis, mode="nearest")
-    d2 = librosa.feature.delta(d1, width=5, axis=axis, mode="nearest")
-    return np.concatenate([mfcc, d1, d2], axis=0).astype(np.float32)
+    return speech.features(wav.astype(np.float32), delta, floor="global").astype(np.float32)
 
 
 def audio_window(features: np.ndarray, frame: int, fps: float) -> np.ndarray | None:
     """The 64×60 window centred on video frame ``frame``; None when the audio ends first."""
-    c = int(frame / fps * SAMPLE_RATE / HOP)
-    total = features.shape[1]
-    if c >= total:
+    from amnet import speech
+
+    if speech.window_centre(frame, fps) >= features.shape[1]:
         return None
-    lo, hi = c - WINDOW // 2, c + WINDOW // 2
-    idx = np.clip(np.arange(lo, hi), 0, total - 1)  # edge-pad at the very start and end
-    return features[:, idx].T.copy()
+    return speech.window(features, frame, fps).copy()
 
 
 def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -184,7 +184,7 @@ def rank(parity_rows: list[dict], bench_rows: list[dict]) -> list[dict]:
         if not p["passed"] or b is None:
             continue
         best = max(b["fps"], b.get("throughput_fps", 0))
-        ranked.append({"variant": p["variant"], "runtime": p["runtime"], "precision": p["precision"],
+        ranked.append({"variant": p["variant"], "file": p.get("file"), "runtime": p["runtime"], "precision": p["precision"],
                        "runs_as": p.get("actual_precision"), "batch": p["batch"], "fps_b1": round(b["fps"], 1),
                        "throughput_fps": round(b.get("throughput_fps", b["fps"]), 1), "best_fps": round(best, 1),
                        "ratio_vs_eager": round(b.get("ratio_vs_eager", float("nan")), 2),
@@ -249,7 +249,8 @@ def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
     bench = run_bench(args, resolution)
     ranked = rank(parity["variants"], bench["rows"])
     excluded = [f"{r['variant']} ({'; '.join(r['failures'])})" for r in parity["variants"] if not r["passed"]]
-    result = {"resolution": resolution, "machine": machine_info(args.threads or 2), "ranked": ranked,
+    result = {"resolution": resolution, "build": display_path(args.build), "machine": machine_info(args.threads or 2),
+              "ranked": ranked,
               "recommended": ranked[0] if ranked else None, "excluded": excluded, "bench": bench,
               "parity_passed": all(r["passed"] for r in parity["variants"])}
     plot = speed_plot(bench["rows"], {r["variant"] for r in parity["variants"] if r["passed"]}, resolution,

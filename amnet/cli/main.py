@@ -45,7 +45,7 @@ def cmd_info(args) -> int:
 
 # Packages of the optional extras, so a command that needs one says which `pip install` brings it.
 EXTRAS = {"torch": "export", "safetensors": "export", "onnx": "export", "onnxsim": "export", "nncf": "export",
-          "librosa": "signals", "soundfile": "signals"}
+          "librosa": "signals", "soundfile": "signals", "av": "signals"}
 INFER_CHUNK = 8  # samples per call for models without a fixed batch: bounded memory for any N
 
 
@@ -107,6 +107,29 @@ def cmd_signals(args) -> int:
     return 0
 
 
+def cmd_reenact(args) -> int:
+    from amnet.reenact.run import Options, reenact
+
+    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    summary = reenact(Options(args.source, args.audio, args.output, args.model, args.runtime, args.precision,
+                              args.drive, args.pose, args.resolution, args.fps, args.side_by_side, args.stream,
+                              args.pcm_rate, args.threads, not args.quiet, warn))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    split = summary["split_s"]
+    line = (f"{summary['frames']} frames → {summary['output']} in {summary['seconds']:.1f} s "
+            f"({summary['fps_end_to_end']} FPS end to end: features {split['features']:.2f} s, "
+            f"model {split['model']:.2f} s, encode {split['encode']:.2f} s) on {summary['runtime']} "
+            f"{summary['precision']} at {summary['resolution']}², model {summary['model']} ({summary['model_from']})")
+    print(line)
+    if "latency_ms" in summary:
+        lat = summary["latency_ms"]
+        print(f"latency from a frame's audio centre to its encoded frame: p50 {lat['p50']} ms, p99 {lat['p99']} ms "
+              f"(the centred window's floor: {lat['floor_p50']} ms; p99 above it: {lat['over_floor_p99']} ms)")
+    return 0
+
+
 def cmd_dataset(args) -> int:
     from amnet.realdata import build, read_clips
 
@@ -134,8 +157,8 @@ def cmd_train(args) -> int:
                       audio_delta=str(data["audio_delta"]) if "audio_delta" in data else args.delta)
     result = train({k: np.asarray(v) for k, v in data.items()}, Path(args.output), cfg,
                    TrainConfig(args.epochs, args.batch, args.lr, args.resolution, args.minutes, threads=args.threads,
-                               decay_from=args.decay_from, flip=args.flip),
-                   resume=args.resume)
+                               decay_from=args.decay_from, flip=args.flip, crop=args.crop),
+                   resume=args.resume, init=args.init)
     last = result["history"][-1] if result["history"] else {}
     print(f"{result['steps']} steps; last epoch {json.dumps(last)} → {result['checkpoint']}")
     return 0
@@ -224,6 +247,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_signals)
 
+    s = sub.add_parser(
+        "reenact", help="speech + a face → a talking-head MP4 (any built runtime; offline or --stream)",
+        description="Speech + a face → a talking-head MP4 with the speech as its sound track. The shipped model "
+                    "knows only the three people of calibration_data/ (it cannot reenact a face it never saw: "
+                    "such a face gets a warning). Without --drive, the head holds the source's pose (or --pose) "
+                    "and blinks on a fixed natural schedule. Each frame needs ~0.38 s of speech after its own "
+                    "moment (its audio window is centred): --stream measures that latency.")
+    s.add_argument("--source", required=True, metavar="FACE", help="image or video of a person the model knows "
+                   "(a video: its first frame with a face); cropped and aligned as the training data")
+    s.add_argument("--audio", required=True, metavar="SPEECH", help="WAV/FLAC/MP3/OGG/… at any rate and channel "
+                   "count (resampled to 44.1 kHz mono), or - for signed 16-bit mono PCM on stdin (see --pcm-rate)")
+    s.add_argument("--output", required=True, metavar="OUT.mp4", help="H.264 (else MPEG-4) + AAC; written to a "
+                   "temp file and renamed when complete")
+    s.add_argument("--model", help="a checkpoint, a built artifact or a build folder (with --runtime/--precision); "
+                   "default: the variant `choose` recommended in reports/latest (make run), else the shipped model")
+    s.add_argument("--runtime", help="for a build folder: which runtime's artifacts (default onnxruntime)")
+    s.add_argument("--precision", help="for a build folder: which precision (default fp32)")
+    s.add_argument("--drive", metavar="VIDEO", help="take head pose and blinks per frame from this video")
+    s.add_argument("--pose", metavar="YAW,PITCH,ROLL", help="hold this head pose (degrees) instead of the source's")
+    s.add_argument("--resolution", type=resolution, help="for a checkpoint (default 128; artifacts fix their own)")
+    s.add_argument("--fps", type=float, default=25.0)
+    s.add_argument("--side-by-side", action="store_true", help="source (or drive) face | generated face")
+    s.add_argument("--stream", action="store_true", help="read the audio paced in real time (a file plays at 1×) "
+                   "and emit each frame as soon as its window is complete; report per-frame latency")
+    s.add_argument("--pcm-rate", type=positive("--pcm-rate"), default=44100, help="sample rate of PCM on stdin")
+    s.add_argument("--threads", type=THREADS)
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_reenact)
+
     s = sub.add_parser("dataset", help="rebuild calibration_data/ (and the training set) from the named packages")
     s.add_argument("--media", default="work/media", help="folder prepared by calibration_data/rebuild.sh")
     s.add_argument("--clips", help="JSON list of {identity, video, speech_train, speech_heldout} for your own "
@@ -251,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, help="stop after this much wall time (checkpoint kept)")
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
+    s.add_argument("--crop", type=positive("--crop"), metavar="PX",
+                   help="train on random PX×PX windows of the --resolution pairs: e.g. --resolution 256 --crop 128 "
+                        "teaches 256²-scale detail at a quarter of the cost")
+    s.add_argument("--init", metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's weights (e.g. the 128² default, at --resolution 256)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="held-out quality: SSIM/PSNR vs the real target, dlib detection rate")

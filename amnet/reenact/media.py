@@ -1,0 +1,210 @@
+"""Media in and out through PyAV (FFmpeg's libraries, bundled in the wheel): speech, faces, an MP4 with sound.
+
+Nothing here calls a system ffmpeg. The MP4 is written to a hidden temp file
+beside the output and renamed onto it only when complete; any exception,
+Ctrl-C included, removes the temp file.
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from amnet.core.errors import InputError
+from amnet.core.fileio import lazy_import
+from amnet.speech import SAMPLE_RATE
+
+AV_HINT = "pip install av (PyAV: FFmpeg's libraries in a wheel)"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+SILENCE = 1e-3  # peak below -60 dBFS: nothing to lip-read from
+
+
+def _av():
+    return lazy_import("av", AV_HINT, "12.0")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:160]
+
+
+def resampler(rate: int = SAMPLE_RATE):
+    """FFmpeg's resampler to float64 mono at ``rate`` (stateful: feed a stream's frames in order, then None)."""
+    return _av().AudioResampler(format="dbl", layout="mono", rate=rate)
+
+
+def _resampled(resample, frame) -> list[np.ndarray]:
+    return [f.to_ndarray().reshape(-1) for f in resample.resample(frame)]
+
+
+def decode_audio(path: str | os.PathLike) -> np.ndarray:
+    """Any file FFmpeg reads (WAV, FLAC, MP3, OGG, the sound of a video, …) → float64 mono at 44.1 kHz."""
+    av = _av()
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as e:
+        raise InputError(f"cannot read audio {path}: {_first_line(e)}") from None
+    with container:
+        if not container.streams.audio:
+            raise InputError(f"{path} has no audio stream")
+        resample, chunks = resampler(), []
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                chunks += _resampled(resample, frame)
+        except av.error.FFmpegError as e:
+            raise InputError(f"cannot decode audio {path}: {_first_line(e)}") from None
+        chunks += _resampled(resample, None)
+    return check_speech(np.concatenate(chunks) if chunks else np.zeros(0), path)
+
+
+def check_speech(samples: np.ndarray, name) -> np.ndarray:
+    if len(samples) < SAMPLE_RATE // 10:
+        raise InputError(f"{name}: {len(samples) / SAMPLE_RATE:.2f} s of audio, need at least 0.1 s")
+    if not np.isfinite(samples).all() or np.abs(samples).max() < SILENCE:
+        raise InputError(f"{name} is silent (peak below -60 dBFS): nothing to drive the mouth with")
+    return samples
+
+
+def pcm_chunks(stream, rate: int, chunk: int = 1024):
+    """Signed 16-bit little-endian mono PCM from a binary stream → 44.1 kHz float64 chunks as they arrive."""
+    resample, av = resampler(), _av()
+    pts = 0
+    while True:
+        data = stream.read(chunk * 2)
+        if not data:
+            break
+        pcm = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
+        frame = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, pts, Fraction(1, rate)
+        pts += len(pcm)
+        out = _resampled(resample, frame)
+        if out:
+            yield np.concatenate(out)
+    tail = _resampled(resample, None)
+    if tail:
+        yield np.concatenate(tail)
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An RGB uint8 image (OpenCV decodes it)."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise InputError(f"image not found: {path}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot decode image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def video_encoder() -> str:
+    """H.264 where the bundled FFmpeg has an encoder for it, else MPEG-4 Part 2 (both play everywhere)."""
+    av = _av()
+    for name in ("libx264", "libopenh264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # noqa: BLE001 - PyAV raises UnknownCodecError or ValueError by version
+            continue
+    raise InputError("the installed PyAV has neither an H.264 nor an MPEG-4 encoder")
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse early: an output that is a folder, a folder that does not exist or cannot be written."""
+    from amnet.core.fileio import check_output_path
+
+    path = check_output_path(path)
+    if path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        raise InputError(f"{path}: the output is an MP4 file, name it *.mp4")
+    folder = path.parent.resolve()
+    if not folder.is_dir():
+        raise InputError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {folder} is not writable")
+    return path
+
+
+class Mp4Writer:
+    """Video frames (RGB uint8) and 44.1 kHz mono speech → one MP4 (H.264 or MPEG-4, AAC), published by rename."""
+
+    def __init__(self, path: str | os.PathLike, fps: float, width: int, height: int, crf: int = 18):
+        self.path = check_writable(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.size = (width, height)
+        self.crf = crf
+        self.frames = 0
+        self.audio_samples = 0
+        self.codec = video_encoder()
+        self._container = None
+
+    def __enter__(self) -> "Mp4Writer":
+        av = _av()
+        self._container = av.open(str(self.tmp), "w", format="mp4")
+        video = self._container.add_stream(self.codec, rate=self.fps)
+        video.width, video.height = self.size
+        video.pix_fmt = "yuv420p"
+        if self.codec == "libx264":
+            video.options = {"crf": str(self.crf), "preset": "veryfast"}
+        else:
+            video.bit_rate = 4_000_000
+        audio = self._container.add_stream("aac", rate=SAMPLE_RATE)
+        audio.layout = "mono"
+        self._video, self._audio = video, audio
+        return self
+
+    def add_frame(self, rgb: np.ndarray) -> None:
+        av = _av()
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
+        frame.pts, frame.time_base = self.frames, 1 / self.fps
+        self._mux(self._video.encode(frame))
+        self.frames += 1
+
+    def add_audio(self, samples: np.ndarray) -> None:
+        if not len(samples):
+            return
+        av = _av()
+        frame = av.AudioFrame.from_ndarray(np.asarray(samples, np.float32).reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, self.audio_samples, Fraction(1, SAMPLE_RATE)
+        self._mux(self._audio.encode(frame))
+        self.audio_samples += len(samples)
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self._container.mux(packet)
+
+    def __exit__(self, kind, error, tb) -> None:
+        container = self._container
+        try:
+            if kind is None:
+                self._mux(self._video.encode())
+                self._mux(self._audio.encode())
+            self._container = None
+            container.close()
+            if kind is None:
+                with open(self.tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.tmp, self.path)
+        finally:
+            if self.tmp.exists():  # a failure or Ctrl-C anywhere above: no half-written video under any name
+                self.tmp.unlink()
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """What a player sees: codecs, decoded video frames, frame rate, audio seconds (decoded samples / rate)."""
+    av = _av()
+    with av.open(str(path)) as container:
+        v, a = container.streams.video[0], container.streams.audio[0]
+        info = {"video_codec": v.codec_context.name, "audio_codec": a.codec_context.name,
+                "fps": float(v.average_rate), "width": v.codec_context.width, "height": v.codec_context.height,
+                "audio_stream_seconds": float(a.duration * a.time_base) if a.duration else None}
+        info["frames"] = [f.to_ndarray(format="rgb24") for f in container.decode(v)]
+    with av.open(str(path)) as container:
+        info["audio_decoded_seconds"] = sum(f.samples for f in container.decode(audio=0)) / SAMPLE_RATE
+    return info
+
