@@ -24,6 +24,9 @@ from amnet.core.errors import InputError
 from amnet.speech import SAMPLE_RATE
 
 CROP = 256
+# OpenCV's FFmpeg prints demuxer complaints ("moov atom not found") to stderr; our errors are one line of our own.
+# Read when OpenCV first opens a video, so it is set on import.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 
 
@@ -188,7 +191,7 @@ def read_video(path: str | os.PathLike) -> tuple[list[np.ndarray], float]:
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        raise InputError(f"cannot open video {path}")
+        raise InputError(f"cannot open video {path}: not a video file, or one without a video stream")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     frames = []
     while True:

@@ -81,3 +81,17 @@ def trained():
     if not path.is_file():
         pytest.fail(f"the shipped checkpoint {path} is missing")
     return load_checkpoint(path).model
+
+
+@pytest.fixture(scope="session")
+def ov_build(trained, tmp_path_factory):
+    """The shipped model at 128², batch 1, as OpenVINO FP32/FP16/INT8 (32 calibration samples): (folder, by precision)."""
+    from amnet.checkpoint import save_checkpoint
+    from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
+
+    d = tmp_path_factory.mktemp("ov")
+    ckpt = save_checkpoint(d.parent / f"{d.name}.safetensors", trained)
+    export_checkpoint(ckpt, d, ExportOptions((1,), 128, check_parity=False, progress=False))
+    manifest = build(d, "openvino", d, BuildOptions(("fp32", "fp16", "int8"), (1,), 128, calib_samples=32,
+                                                    progress=False))
+    return d, {a["precision"]: a for a in manifest["artifacts"] if a["runtime"] == "openvino"}

@@ -7,19 +7,6 @@ from amnet.core.metrics import compare
 
 
 @pytest.fixture(scope="module")
-def ov_build(trained, tmp_path_factory):
-    from amnet.checkpoint import save_checkpoint
-    from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
-
-    d = tmp_path_factory.mktemp("ov")
-    ckpt = save_checkpoint(d.parent / f"{d.name}.safetensors", trained)
-    export_checkpoint(ckpt, d, ExportOptions((1,), 128, check_parity=False, progress=False))
-    manifest = build(d, "openvino", d, BuildOptions(("fp32", "fp16", "int8"), (1,), 128, calib_samples=32,
-                                                    progress=False))
-    return d, {a["precision"]: a for a in manifest["artifacts"] if a["runtime"] == "openvino"}
-
-
-@pytest.fixture(scope="module")
 def heldout_ref(trained):
     from amnet.realdata import load_inputs
     from runtimes.pytorch_runner import reference_outputs

@@ -26,7 +26,9 @@ def _av():
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:160]
+    """FFmpeg's own words ("Invalid data found when processing input"), without errno numbers or the path again."""
+    text = getattr(e, "strerror", None) or str(e)
+    return (text.splitlines() or [type(e).__name__])[0][:160]
 
 
 def resampler(rate: int = SAMPLE_RATE):
@@ -124,8 +126,14 @@ def check_writable(path: str | os.PathLike) -> Path:
     folder = path.parent.resolve()
     if not folder.is_dir():
         raise InputError(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"output folder {folder} is not writable")
+    import tempfile
+
+    try:  # a real try (root passes every access() check; a read-only mount does not pass this)
+        fd, probe_file = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe_file)
+    except OSError as e:
+        raise InputError(f"output folder {folder} is not writable ({e.strerror})") from None
     return path
 
 

@@ -192,7 +192,9 @@ class Job:
 
 
 def reenact(opts: Options) -> dict:
+    t_setup = time.perf_counter()
     job = Job(opts)
+    t_setup = time.perf_counter() - t_setup
     try:
         t0 = time.perf_counter()
         frames = stream(job) if opts.stream else offline(job)
@@ -202,7 +204,7 @@ def reenact(opts: Options) -> dict:
     t = job.timings
     summary = {"output": opts.output, "frames": frames, "fps": opts.fps, "resolution": job.resolution,
                "model": job.model, "model_from": job.model_why, "runtime": job.runner.name,
-               "precision": str(job.runner.precision), "seconds": round(wall, 3),
+               "precision": str(job.runner.precision), "setup_s": round(t_setup, 3), "seconds": round(wall, 3),
                "fps_end_to_end": round(frames / wall, 2) if wall else None,
                "split_s": {"features": round(t.features, 3), "model": round(t.model, 3), "encode": round(t.encode, 3)},
                "mode": "stream" if opts.stream else "offline", "audio_delta": job.delta,
