@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from amnet.core.errors import InputError
 
 PAPER = {"cpu": {"fps": 33.8, "device": "Intel i9-10900K", "cores": 10,
                  # Theoretical FP32 peak: 10 cores × 32 FLOP/cycle (2 AVX2 FMA units) × 4.1 GHz all-core.
@@ -25,19 +26,9 @@ REAL_TIME_FPS = 25.0
 
 
 def machine_info(threads: int | None = None) -> dict:
-    flags = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = {name: any(f in flags for f in keys) for name, keys in {
-        "AVX2": ["avx2"], "AVX-512": ["avx512f"], "VNNI": ["avx512_vnni", "avx_vnni"],
-        "AMX": ["amx_tile", "amx_int8"], "AVX512-FP16": ["avx512_fp16"]}.items()}
+    from amnet.core import cpu
+
+    info = cpu.isa()
     gpu = None
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.max.sm,clocks.max.mem", "--format=csv,noheader"],
@@ -48,7 +39,9 @@ def machine_info(threads: int | None = None) -> dict:
         pass
     from amnet.core.fileio import tool_versions
 
-    return {"cpu": model, "cores": os.cpu_count(), "threads_used": threads, "isa": isa, "gpu": gpu,
+    return {"cpu": info["cpu"], "cores": os.cpu_count(), "threads_used": threads, "isa": info["effective"],
+            "isa_native": info["native"], "isa_cap": info["cap"], "isa_name": cpu.isa_name(info),
+            "float_precision": os.environ.get("AMNET_FLOAT_PRECISION", "auto"), "gpu": gpu,
             "versions": tool_versions("torch", "onnxruntime", "openvino", "nncf", "tensorrt")}
 
 
@@ -124,11 +117,14 @@ def bench_one(spec: dict) -> dict:
         out["throughput_streams"] = tp.optimal_requests
         tp.close()
     out["peak_rss_mb"] = peak_rss_mb()
+    out["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")  # what this child really ran under
     return out
 
 
 def run_child(spec: dict, timeout: float = 300) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    if spec.get("isa", NATIVE) != NATIVE:  # oneDNN (OpenVINO's and PyTorch's) runs no ISA above this cap
+        env["ONEDNN_MAX_CPU_ISA"] = spec["isa"]
     try:
         p = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--one", json.dumps(spec)], capture_output=True,
                            text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parent.parent)
@@ -143,13 +139,39 @@ def run_child(spec: dict, timeout: float = 300) -> dict:
 
 # ---------------------------------------------------------------- the whole run
 
+NATIVE = "native"
+
+
+def usable_isas(isas: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(the ISA caps this CPU can run, notes on those it cannot: a cap can only take features away)."""
+    from amnet.core import cpu
+
+    native = cpu.isa()["native"]
+    keep, notes = [], []
+    for name in isas:
+        cap = name.upper()
+        if name == NATIVE:
+            keep.append(NATIVE)
+        elif cap not in cpu.CAPS:
+            raise InputError(f"--isa {name}: not one of oneDNN's ISA caps ({', '.join(cpu.CAPS)}) or 'native'")
+        elif not all(native[f] for f in cpu.CAPS[cap]):
+            missing = [f for f in cpu.CAPS[cap] if not native[f]]
+            notes.append(f"no {cap} rows: this CPU lacks {', '.join(missing)}")
+        else:
+            keep.append(cap)
+    return keep, notes
+
+
 def bench(variants: list, checkpoint: str | None, resolution: int, threads: int = 2, iters: int = 30,
-          warmup: int = 3, gflops: float | None = None, progress: bool = True) -> dict:
+          warmup: int = 3, gflops: float | None = None, progress: bool = True,
+          isas: tuple[str, ...] = (NATIVE,)) -> dict:
+    """Every variant (and PyTorch eager) in a child process each, once per ISA cap; ratios within one cap."""
     from amnet.core.progress import progress_bar
 
     from runtimes import registry
 
-    specs, notes = [], []
+    specs = []
+    isas_run, notes = usable_isas(isas)
     eager_missing = registry.get("pytorch").missing() if checkpoint else None
     if eager_missing:
         notes.append(f"no PyTorch eager column: {eager_missing}")
@@ -164,29 +186,31 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
                           "batch": v.batch, "resolution": resolution})
     peak = gemm_peak_gflops()
     rows = []
+    specs = [{**spec, "isa": isa} for isa in isas_run for spec in specs]
     for spec in progress_bar(specs, desc=f"bench {resolution}²", disable=not progress, unit="variant"):
         spec.update(threads=threads, iters=iters, warmup=warmup)
         res = run_child(spec)
-        rows.append({**{k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution")}, **res})
-    eager = next((r["fps"] for r in rows if r["runtime"] == "pytorch" and "fps" in r), None)
+        rows.append({**{k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution", "isa")}, **res})
     for r in rows:
         if "fps" not in r:
             continue
+        eager = next((e["fps"] for e in rows if e["runtime"] == "pytorch" and "fps" in e and e["isa"] == r["isa"]),
+                     None)
         if eager:
             r["ratio_vs_eager"] = r["fps"] / eager
         if gflops:
             best = max(r["fps"], r.get("throughput_fps", 0))
             r["achieved_gflops"] = gflops * best
             r["roofline_pct"] = 100 * gflops * best / peak
-    return {"resolution": resolution, "threads": threads, "gemm_peak_gflops": round(peak, 1),
+    return {"resolution": resolution, "threads": threads, "isas": isas_run, "gemm_peak_gflops": round(peak, 1),
             "gflops_per_frame": gflops, "rows": rows, "notes": notes, "paper": paper_comparison(rows, peak, resolution)}
 
 
 def paper_comparison(rows: list[dict], peak: float, resolution: int) -> dict:
     cores = os.cpu_count() or 1
     cpu = PAPER["cpu"]
-    best = max((max(r.get("fps", 0), r.get("throughput_fps", 0)) for r in rows if r.get("runtime") != "tensorrt"),
-               default=0)
+    best = max((max(r.get("fps", 0), r.get("throughput_fps", 0)) for r in rows
+                if r.get("runtime") != "tensorrt" and r.get("isa", NATIVE) == NATIVE), default=0)
     return {"paper_cpu_fps": cpu["fps"], "paper_cpu": cpu["device"], "paper_gpu_fps": PAPER["gpu"]["fps"],
             "paper_gpu": PAPER["gpu"]["device"], "paper_resolution": cpu["resolution"],
             "claim_scaled_by_cores": round(cpu["fps"] * cores / cpu["cores"], 1),
@@ -200,13 +224,14 @@ def markdown(report: dict) -> str:
              f"GEMM peak (numpy FP32, 2048²): {report['gemm_peak_gflops']} GFLOP/s; "
              f"model: {report['gflops_per_frame'] or float('nan'):.2f} GFLOP/frame. Roofline % = achieved FLOP/s "
              "of the best mode vs that FP32 peak (INT8 kernels can exceed it).", "",
-             "| variant | median ms | p90 ms | p99 ms | FPS (b=batch) | × eager | throughput FPS | roofline % | "
-             "peak RSS MB | cold start s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | ISA | median ms | p90 ms | p99 ms | FPS (b=batch) | × eager (same ISA) | throughput FPS | "
+             "roofline % | peak RSS MB | cold start s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
+        isa = r.get("isa", NATIVE)
         if "error" in r:
-            lines.append(f"| {r['name']} | error: {r['error']} |||||||||")
+            lines.append(f"| {r['name']} | {isa} | error: {r['error']} |||||||||")
             continue
-        lines.append(f"| {r['name']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+        lines.append(f"| {r['name']} | {isa} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['fps']:.1f} | {r.get('ratio_vs_eager', float('nan')):.2f} | "
                      f"{r.get('throughput_fps', float('nan')):.1f} | {r.get('roofline_pct', float('nan')):.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} |")

@@ -133,14 +133,14 @@ def openvino_variant_tensors(path: Path, tensors: list[str], feeds: dict, batch:
     """OpenVINO, with every probe added as a model output, compiled as the runner compiles it."""
     import openvino as ov
 
-    from runtimes.openvino_runner import COMPUTE_HINT
+    from amnet.core.cpu import float_precision
 
     core = ov.Core()
     model = core.read_model(str(path))
     names = {n for op in model.get_ops() for out in op.outputs() for n in out.get_names()}
     found = [t for t in tensors if t in names]
     model.add_outputs(found)
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": COMPUTE_HINT.get(precision, "f32"),
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": float_precision(precision),
                                                  "INFERENCE_NUM_THREADS": 2})
     index = {}
     for i, out in enumerate(compiled.outputs):

@@ -16,10 +16,9 @@ import numpy as np
 
 from amnet.core.errors import AmnetError, ArtifactError, InputError
 from amnet.core.fileio import lazy_import
+from amnet.core.cpu import float_precision
 from amnet.core.runner import Runner, TensorSpec, check_feeds
 
-# The compute precision each variant asks for. INT8 keeps its non-quantized ops in f32.
-COMPUTE_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 
 
 def _ov():
@@ -50,8 +49,10 @@ class OpenVinoRunner(Runner):
         self.metadata = {k: info[k].astype(str) for k in ("precision", "audio_delta", "batch", "gc_form")
                          if k in info}
         self.precision = self.metadata.get("precision", self.precision)
-        config = {"PERFORMANCE_HINT": self.mode.upper(),
-                  "INFERENCE_PRECISION_HINT": self.compute or COMPUTE_HINT.get(self.precision, "f32")}
+        # What the float parts compute in (amnet.core.cpu): FP32 always f32; INT8/FP16 bf16 where the CPU
+        # has native bf16 (unless told otherwise), f32 elsewhere.
+        compute = self.compute if self.compute in ("f16",) else float_precision(self.precision, self.compute)
+        config = {"PERFORMANCE_HINT": self.mode.upper(), "INFERENCE_PRECISION_HINT": compute}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         if self.streams:

@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
+from amnet.core.errors import InputError
+
 from amnet.cli.main import main
 from benchmarks.parity import judge
 from tests.conftest import copy_build
@@ -103,3 +105,26 @@ def test_bench_runs_in_child_processes(small_build, checkpoint_file):
     # Each child reports its own peak: the eager one carries torch, the ORT one does not.
     assert eager["peak_rss_mb"] > ort["peak_rss_mb"]
     assert report["paper"]["best_measured_fps"] == pytest.approx(max(r["fps"] for r in rows.values()), abs=0.1)
+
+
+def test_bench_per_isa_cap(small_build, checkpoint_file):
+    """One row per (variant, ISA cap) a child really ran under; caps above this CPU are named, not faked."""
+    from amnet.core import cpu
+    from benchmarks.bench import bench
+    from benchmarks.parity import collect_variants
+
+    d, _ = small_build
+    variants = [v for v in collect_variants(d, 32) if v.batch == 1]
+    native = cpu.isa()["native"]
+    report = bench(variants, str(checkpoint_file), 32, threads=1, iters=5, warmup=1, progress=False,
+                   isas=("native", "AVX2", "AVX512_CORE"))
+    expected = ["native"] + (["AVX2"] if native["AVX2"] else []) + (["AVX512_CORE"] if native["AVX-512"] else [])
+    assert report["isas"] == expected
+    if not native["AVX-512"]:
+        assert any("AVX512_CORE" in n and "AVX-512" in n for n in report["notes"])
+    for r in report["rows"]:
+        assert r["onednn_max_cpu_isa"] == (None if r["isa"] == "native" else r["isa"])
+        eager = next(e for e in report["rows"] if e["runtime"] == "pytorch" and e["isa"] == r["isa"])
+        assert r["ratio_vs_eager"] == pytest.approx(r["fps"] / eager["fps"])  # within one cap
+    with pytest.raises(InputError, match="AVX1024"):
+        bench(variants, None, 32, isas=("AVX1024",), progress=False)

@@ -1,4 +1,6 @@
 """OpenVINO IR variants: build, read-back precision, runner modes, parity on held-out real inputs."""
+import os
+
 import numpy as np
 import pytest
 
@@ -45,14 +47,44 @@ def ir_constant_types(xml) -> set[str]:
 def test_manifest_records_the_precision_that_ran(ov_build):
     d, arts = ov_build
     # Computed here from the CPU and the IR files, not read back from what the build said.
-    native_f16 = bool({"avx512_fp16", "amx_fp16"} & cpu_flags())
+    # The policy (amnet.core.cpu): FP32 computes f32; the float parts of FP16/INT8 compute f16 where the CPU
+    # has native f16, else bf16 where it has native bf16, else f32 (test_cpu_isa_cap covers ONEDNN_MAX_CPU_ISA).
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        pytest.skip("the flags below are the uncapped CPU's")
+    flags = cpu_flags()
+    native_f16 = bool({"avx512_fp16"} & flags)
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    floats = "bf16" if native_bf16 else "f32"
     assert arts["fp32"]["actual_precision"]["compute"] == "f32"
-    assert arts["fp16"]["actual_precision"]["compute"] == ("f16" if native_f16 else "f32")
+    assert arts["fp16"]["actual_precision"]["compute"] == ("f16" if native_f16 else floats)
+    assert arts["int8"]["actual_precision"]["compute"] == floats
     assert "f16" in ir_constant_types(d / arts["fp16"]["file"])  # conv weights stored as f16
     assert "f16" not in ir_constant_types(d / arts["fp32"]["file"])
     int8_ops = arts["int8"]["actual_precision"]["ops"]["Convolution"]
     assert int8_ops.get("i8", 0) + int8_ops.get("u8", 0) > 0  # really quantized
     assert int8_ops.get("f32", 0) >= 9  # the nine GC convs stay float
+
+
+
+def test_cpu_isa_cap(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA caps what the policy sees, as oneDNN caps what it runs; a bad value is one clear error."""
+    from amnet.core import cpu
+    from amnet.core.errors import InputError
+
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("Zen 4", {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert cpu.isa_name() == "AVX512-BF16" and cpu.float_precision("int8") == "bf16"
+    assert cpu.float_precision("fp32") == "f32" and cpu.float_precision("int8", "f32") == "f32"
+    for cap, name, floats in (("AVX2", "AVX2", "f32"), ("avx512_core", "AVX-512", "f32"),
+                              ("AVX512_CORE_VNNI", "AVX512-VNNI", "f32"), ("AVX512_CORE_BF16", "AVX512-BF16", "bf16")):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert (cpu.isa_name(), cpu.float_precision("int8")) == (name, floats), cap
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX1024")
+    with pytest.raises(InputError, match="ONEDNN_MAX_CPU_ISA"):
+        cpu.isa()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    with pytest.raises(InputError, match="float precision"):
+        cpu.float_precision("int8", "f8")
 
 
 def test_fp32_ir_parity(ov_build, heldout_ref, limits):

@@ -33,27 +33,28 @@ def at_44k(wav, sr):
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    """5.00 s of ARCTIC speech as a 16 kHz stereo OGG (resampling and down-mixing on the way in)."""
-    import soundfile as sf
+def demo(tmp_path_factory):
+    from amnet.reenact.demo import write_inputs
 
-    d = tmp_path_factory.mktemp("clip")
-    wav, sr = arctic(5.0)
-    sf.write(d / "speech.ogg", np.stack([wav, 0.8 * wav], axis=1), sr, format="OGG")
-    return d / "speech.ogg"
+    return write_inputs(tmp_path_factory.mktemp("demo"), person=0, seconds=5.0)
 
 
 @pytest.fixture(scope="module")
-def face(tmp_path_factory):
-    """A held-out source face of calibration_data's first person, with some background around it."""
-    import cv2
+def clip(demo):
+    """5.00 s of ARCTIC speech as a 16 kHz stereo OGG (resampling and down-mixing on the way in)."""
+    import soundfile as sf
 
-    with np.load(ROOT / "calibration_data" / "heldout.npz") as z:
-        img = z["images"][z["source_idx"][0]]
-        assert z["identity"][0] == 0
-    path = tmp_path_factory.mktemp("face") / "face.png"
-    cv2.imwrite(str(path), cv2.cvtColor(np.pad(img, ((40, 40), (80, 80), (0, 0)), mode="edge"), cv2.COLOR_RGB2BGR))
+    wav, sr = sf.read(demo[1], dtype="float64")
+    assert len(wav) == 5 * sr
+    path = demo[1].with_name("speech.ogg")
+    sf.write(path, np.stack([wav, 0.8 * wav], axis=1), sr, format="OGG")
     return path
+
+
+@pytest.fixture(scope="module")
+def face(demo):
+    """A held-out source face of calibration_data's first person, with some background around it."""
+    return demo[0]
 
 
 # ---------------------------------------------------------------- speech features

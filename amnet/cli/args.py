@@ -75,3 +75,22 @@ def checkpoint_arg(p: argparse.ArgumentParser, help_extra: str = "") -> None:
     p.add_argument("checkpoint", nargs="?", default=str(default_checkpoint()),
                    help=f"AMNet checkpoint: .safetensors (ours) or official *_G.pth {help_extra}"
                         f"(default: the shipped model, {default_checkpoint().name})")
+
+
+def float_precision_arg(parser) -> None:
+    parser.add_argument("--float-precision", choices=("auto", "f32", "bf16"),
+                        help="OpenVINO INT8/FP16 variants: what their float parts compute in (default auto: bf16 "
+                             "where the CPU has native bf16, AVX512-BF16 or AMX; f32 elsewhere). FP32 stays f32")
+
+
+def isa_caps(text: str) -> list[str]:
+    """native and/or oneDNN ISA caps (ONEDNN_MAX_CPU_ISA values), any case."""
+    from amnet.core.cpu import CAPS
+
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    out = [v.lower() if v.lower() == "native" else v.upper() for v in values]
+    bad = [v for v in out if v != "native" and v not in CAPS]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad) or 'nothing'}: use native or oneDNN ISA caps "
+                                         f"({', '.join(CAPS)})")
+    return out

@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 
 from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError
-from amnet.cli.args import THREADS, check_resolution, checkpoint_arg, ints, positive, resolution, words
+from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, positive, resolution,
+                            words)
 from amnet.core import artifacts
 from amnet.core.fileio import load_npz
 from runtimes import registry
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=THREADS, help="CPU threads (default: the runtime's)")
     s.add_argument("--no-verify", action="store_true", help="run an artifact even if its sha256 differs from "
                                                              "its manifest")
+    float_precision_arg(s)
     s.set_defaults(func=cmd_infer)
 
     s = sub.add_parser("signals", help="drive signals from a video and a speech track")
@@ -274,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pcm-rate", type=positive("--pcm-rate"), default=44100, help="sample rate of PCM on stdin")
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    float_precision_arg(s)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_reenact)
 
@@ -385,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
             return e.code if isinstance(e.code, int) else EXIT_USAGE
         command = args.command
+        if getattr(args, "float_precision", None):
+            from amnet.core.cpu import FLOAT_PRECISION_ENV
+
+            os.environ[FLOAT_PRECISION_ENV] = args.float_precision  # runners, and benchmark children, read it
         if getattr(args, "precision", None) is None and command == "build":
             args.precision = [str(p) for p in registry.get(args.runtime).precisions]
         with warnings.catch_warnings():

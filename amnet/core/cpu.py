@@ -1,0 +1,95 @@
+"""What this CPU can compute natively, as oneDNN (under OpenVINO and PyTorch) will see it.
+
+The flags come from /proc/cpuinfo; ``ONEDNN_MAX_CPU_ISA`` caps them the way
+oneDNN does, so a run under ``ONEDNN_MAX_CPU_ISA=AVX2`` reports (and picks
+precisions for) the AVX2 machine it emulates. Float precision policy for the
+float parts of INT8/FP16 variants: bf16 where the (capped) CPU has native bf16
+(AVX512-BF16 or AMX), f32 elsewhere; FP32 variants always compute f32.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from amnet.core.errors import InputError
+
+# Feature → cpuinfo flags (any of them).
+FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni", "avx_vnni"),
+            "AVX512-BF16": ("avx512_bf16",), "AMX": ("amx_tile", "amx_bf16", "amx_int8"),
+            "AVX512-FP16": ("avx512_fp16",)}
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) → the features still usable under them.
+CAPS = {
+    "SSE41": (), "AVX": (), "AVX2": ("AVX2",), "AVX2_VNNI": ("AVX2", "VNNI"), "AVX2_VNNI_2": ("AVX2", "VNNI"),
+    "AVX512_CORE": ("AVX2", "AVX-512"), "AVX512_CORE_VNNI": ("AVX2", "AVX-512", "VNNI"),
+    "AVX512_CORE_BF16": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16"),
+    "AVX512_CORE_FP16": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16"),
+    "AVX512_CORE_AMX": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AMX"),
+    "AVX512_CORE_AMX_FP16": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16", "AMX"),
+    "AVX10_1_512": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16"),
+    "AVX10_1_512_AMX": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16", "AMX"),
+    "AVX10_1_512_AMX_FP16": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16", "AMX"),
+    "ALL": tuple(FEATURES),
+}
+FLOAT_PRECISIONS = ("auto", "f32", "bf16")
+FLOAT_PRECISION_ENV = "AMNET_FLOAT_PRECISION"  # `--float-precision` sets it, so benchmark children inherit it
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", "x86_64"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def isa_cap() -> str | None:
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() or None
+    if cap is not None and cap not in CAPS:
+        raise InputError(f"ONEDNN_MAX_CPU_ISA={cap} is not one of oneDNN's: {', '.join(CAPS)}")
+    return cap
+
+
+def isa() -> dict:
+    """{"cpu": model name, "cap": ONEDNN_MAX_CPU_ISA or None, "native": {feature: bool}, "effective": {…}}."""
+    model, flags = _cpuinfo()
+    native = {name: any(f in flags for f in keys) for name, keys in FEATURES.items()}
+    cap = isa_cap()
+    allowed = set(CAPS[cap]) if cap else set(FEATURES)
+    return {"cpu": model, "cap": cap, "native": native,
+            "effective": {name: have and name in allowed for name, have in native.items()}}
+
+
+def isa_name(info: dict | None = None) -> str:
+    """The best effective ISA in one word: AMX, AVX512-BF16, AVX512-VNNI, AVX-512, AVX2-VNNI, AVX2, or SSE/AVX."""
+    e = (info or isa())["effective"]
+    for name, need in (("AMX", ("AMX",)), ("AVX512-BF16", ("AVX512-BF16",)), ("AVX512-VNNI", ("AVX-512", "VNNI")),
+                       ("AVX-512", ("AVX-512",)), ("AVX2-VNNI", ("AVX2", "VNNI")), ("AVX2", ("AVX2",))):
+        if all(e[n] for n in need):
+            return name
+    return "SSE/AVX"
+
+
+def native_bf16(info: dict | None = None) -> bool:
+    e = (info or isa())["effective"]
+    return e["AVX512-BF16"] or e["AMX"]
+
+
+def float_precision(variant_precision: str, asked: str | None = None) -> str:
+    """The compute precision (OpenVINO's INFERENCE_PRECISION_HINT) for a variant's float parts."""
+    asked = asked or os.environ.get(FLOAT_PRECISION_ENV) or "auto"
+    if asked not in FLOAT_PRECISIONS:
+        raise InputError(f"float precision must be one of {', '.join(FLOAT_PRECISIONS)}, got {asked!r}")
+    if str(variant_precision) == "fp32":
+        return "f32"  # the FP32 variant is the exact one: never rounded to bf16 behind the user's back
+    if asked != "auto":
+        return asked
+    info = isa()
+    if str(variant_precision) == "fp16" and info["effective"]["AVX512-FP16"]:
+        return "f16"
+    return "bf16" if native_bf16(info) else "f32"

@@ -1,0 +1,59 @@
+"""Demo inputs from the shipped data: a known face and speech the model never heard, plus a strip of frames.
+
+The face is a held-out source crop of one calibration_data/ person, with some
+edge-padded background around it (as a photo would have); the speech is CMU
+ARCTIC a0007 + a0009 (calibration_data/speech/, never used in training).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from amnet.core.errors import InputError
+
+SPEECH_FILES = ("arctic_a0007.flac", "arctic_a0009.flac")
+
+
+def write_inputs(folder: Path, person: int = 0, seconds: float = 5.0) -> tuple[Path, Path]:
+    """(face.png, speech.wav) in ``folder``: ``seconds`` of speech at its own 16 kHz."""
+    import cv2
+    import soundfile as sf
+
+    from amnet.core.fileio import load_npz
+    from amnet.realdata import default_dir
+
+    held = load_npz(default_dir() / "heldout.npz")
+    rows = np.flatnonzero(held["identity"] == person)
+    if not len(rows):
+        raise InputError(f"calibration_data/ has no person {person}")
+    crop = held["images"][held["source_idx"][rows[0]]]
+    folder.mkdir(parents=True, exist_ok=True)
+    face = folder / f"face{person}.png"
+    cv2.imwrite(str(face), cv2.cvtColor(np.pad(crop, ((40, 40), (80, 80), (0, 0)), mode="edge"), cv2.COLOR_RGB2BGR))
+    parts = [sf.read(default_dir() / "speech" / name, dtype="float64") for name in SPEECH_FILES]
+    rate = parts[0][1]
+    wav = np.concatenate([w for w, _ in parts])[: int(seconds * rate)]
+    speech = folder / "speech.wav"
+    sf.write(speech, wav, rate, subtype="PCM_16")
+    return face, speech
+
+
+def strip(video: Path, out: Path, frames: int = 8, scale: int = 1) -> Path:
+    """Every n-th frame of an MP4 side by side in one PNG (for a README)."""
+    import cv2
+
+    from amnet.core.fileio import atomic_write
+    from amnet.reenact.media import probe
+
+    images = probe(video)["frames"]
+    pick = np.linspace(0, len(images) - 1, frames).round().astype(int)
+    cols = frames if images[0].shape[1] <= images[0].shape[0] else max(1, frames // 2)  # side by side: 2 rows
+    tiles = [images[i] for i in pick]
+    row = np.concatenate([np.concatenate(tiles[k:k + cols], axis=1) for k in range(0, len(tiles), cols)
+                          if len(tiles[k:k + cols]) == cols], axis=0)
+    if scale != 1:
+        row = cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
+    return out
