@@ -102,18 +102,21 @@ class InvertedResidual(nn.Module):
             *_cir(cin, hidden, 1), *_cir(hidden, hidden, 3, groups=hidden), *_cir(hidden, cout, 1, relu=False)
         )
         self.shortcut = nn.Sequential(*_cir(cin, cout, 1, relu=False)) if cin != cout else nn.Identity()
+        self.skip_scale: torch.Tensor | None = None  # set by export.gc_smoothing: undoes a folded GC factor
 
     def forward(self, x):
-        return F.relu(self.body(x) + self.shortcut(x))
+        skip = x if self.skip_scale is None else x * self.skip_scale
+        return F.relu(self.body(x) + self.shortcut(skip))
 
 
 class BasicResidual(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(*_cir(channels, channels, 3), *_cir(channels, channels, 3, relu=False))
+        self.skip_scale: torch.Tensor | None = None  # set by export.gc_smoothing: undoes a folded GC factor
 
     def forward(self, x):
-        return F.relu(self.body(x) + x)
+        return F.relu(self.body(x) + (x if self.skip_scale is None else x * self.skip_scale))
 
 
 class GeometricController(nn.Module):

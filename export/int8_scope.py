@@ -48,6 +48,7 @@ class Scope:
     fragments: tuple[str, ...] = FLOAT_FRAGMENTS
     op_types: tuple[str, ...] = FLOAT_OP_TYPES
     source: str = "export/int8_scope.py"
+    smooth_gc: float | None = None  # measured on an export made with `--smooth-gc α`: only valid for such exports
 
     @property
     def nodes(self) -> re.Pattern:
@@ -82,7 +83,10 @@ def load_scope(path: Path | None) -> Scope:
             re.compile(f)
         except re.error:
             raise InputError(f"{path}: {f!r} is not a valid pattern") from None
-    return Scope(fragments, tuple(data.get("float_op_types", FLOAT_OP_TYPES)), str(path))
+    smooth_gc = data.get("smooth_gc")
+    if smooth_gc is not None and not isinstance(smooth_gc, (int, float)):
+        raise InputError(f"{path}: smooth_gc must be a number, got {smooth_gc!r}")
+    return Scope(fragments, tuple(data.get("float_op_types", FLOAT_OP_TYPES)), str(path), smooth_gc)
 
 
 def write_scope(path: Path, float_layers: list[str], meta: dict) -> Path:

@@ -149,11 +149,14 @@ def export_one(model: AMNet, stage: Stage, part: str, batch: int | None, resolut
         "batch": "dynamic" if batch is None else str(batch), "resolution": str(res),
         "precision": "fp32", "opset": str(OPSET), "landmarks": str(model.config.landmarks),
         "audio_delta": model.config.audio_delta, "simplified": str(simplify).lower(),
+        "gc_smoothing": str(getattr(model, "gc_smoothing", None) or "none"),
     })
     name = artifact_name(part, batch, res, gc_form)
     pending = save_onnx(proto, stage.path(name))
     entry = {"name": name, "runtime": "onnxruntime", "part": part, "gc_form": gc_form, "batch": batch,
              "resolution": res, "precision": "fp32", "audio_delta": model.config.audio_delta}
+    if getattr(model, "gc_smoothing", None):
+        entry["gc_smoothing"] = model.gc_smoothing
     stage.add(entry, [pending])
     return entry, pending
 

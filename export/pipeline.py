@@ -30,6 +30,7 @@ class ExportOptions:
     threads: int | None = None
     progress: bool = True
     gc_form: str = "grouped"  # fixed-batch GC: one grouped conv (the default) or elementwise (TensorRT fallback)
+    smooth_gc: float | None = None  # α: fold per-channel factors out of the GCs into their readers (gc_smoothing)
 
 
 @dataclass
@@ -71,6 +72,12 @@ def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = No
     require_limits("onnxruntime", [Precision.FP32])
     loaded = load_checkpoint(checkpoint)
     model = loaded.require_full()
+    if opts.smooth_gc is not None:
+        from amnet.realdata import load_inputs
+        from export.gc_smoothing import smooth
+
+        smooth(model, load_inputs("calib", opts.resolution), opts.smooth_gc)  # the same function, evener ranges
+        model.gc_smoothing = opts.smooth_gc
     feeds = parity_feeds(model, opts.resolution) if opts.check_parity else None
     jobs = [(p, b) for p in opts.parts for b in opts.batches] + ([(p, None) for p in opts.parts] if opts.dynamic else [])
     with Stage(out_dir) as stage:
@@ -119,13 +126,13 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
         if meta["part"] != "full" or meta["precision"] != "fp32":
             raise InputError(f"{model_path.name} is the {meta['part']} {meta['precision']} model: "
                              "builds start from the full-model fp32 export")
-        return [model_path]
+        return check_smoothing([model_path], opts)
     if model_path.is_dir():
         files = _fp32_exports(model_path, artifacts.read(model_path), opts)
         if not files:
             raise InputError(f"{model_path} holds no fp32 full-model ONNX ({opts.gc_form} GC) at {opts.resolution}² "
                              f"for batch {','.join(map(str, opts.batches))}: run `amnet-deploy export` first")
-        return files
+        return check_smoothing(files, opts)
     manifest = export_checkpoint(model_path, out_dir, ExportOptions(opts.batches, opts.resolution,
                                                                     progress=opts.progress, gc_form=opts.gc_form))
     failed = [a["name"] for a in manifest["artifacts"] if a.get("parity", {}).get("passed") is False]
@@ -133,6 +140,20 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
         raise ArtifactError(f"the export of {model_path.name} failed its ONNX parity check ({', '.join(failed)}): "
                             "nothing built from it")
     return _fp32_exports(out_dir, manifest, opts)
+
+
+def check_smoothing(files: list[Path], opts: BuildOptions) -> list[Path]:
+    """An INT8 scope measured on a GC-smoothed export is refused for an export smoothed otherwise (or not at all)."""
+    from export.int8_scope import load_scope
+    from export.onnx_export import read_metadata
+
+    wanted = load_scope(opts.int8_scope).smooth_gc
+    for f in files:
+        have = read_metadata(f).get("gc_smoothing", "none")
+        if wanted is not None and have != str(wanted):
+            raise InputError(f"{opts.int8_scope} was measured on an export with `--smooth-gc {wanted}`; {f.name} has "
+                             f"gc_smoothing={have}: re-export with `amnet-deploy export --smooth-gc {wanted}`")
+    return files
 
 
 def _fp32_exports(folder: Path, manifest: dict, opts: BuildOptions) -> list[Path]:

@@ -182,7 +182,8 @@ def cmd_export(args) -> int:
     from export.pipeline import PARITY_MAX_ABS, ExportOptions, export_checkpoint
 
     opts = ExportOptions(tuple(args.batch), args.resolution, args.dynamic_batch, tuple(args.parts),
-                         not args.no_simplify, not args.no_parity, args.threads, not args.quiet, args.gc_form)
+                         not args.no_simplify, not args.no_parity, args.threads, not args.quiet, args.gc_form,
+                         args.smooth_gc)
     before = {a["file"] for a in artifacts.read(Path(args.output))["artifacts"]} if Path(args.output).is_dir() else set()
     manifest = export_checkpoint(args.checkpoint, Path(args.output), opts)
     made = [a for a in manifest["artifacts"] if a["file"] not in before and a["runtime"] == "onnxruntime"
@@ -337,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-parity", action="store_true", help="skip the ORT-vs-PyTorch check on held-out inputs")
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--smooth-gc", type=float, metavar="ALPHA",
+                   help="fold per-channel factors (calibration abs-max^ALPHA) out of every GC and into the conv that "
+                        "reads it: the same function, evener ranges, so those convs can run INT8 (pair with a "
+                        "scope from `python -m benchmarks.gc_ranges --moves`)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("build", help="compile for a runtime: OpenVINO IR or TensorRT engines, FP32/FP16/INT8")
