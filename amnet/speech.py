@@ -56,6 +56,11 @@ def _basis() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return window, mel, dct
 
 
+def warm_up() -> None:
+    """Build the window, filters and DCT now (the first call imports librosa: seconds)."""
+    _basis()
+
+
 def mel_db(frames: np.ndarray) -> np.ndarray:
     """n×2048 samples → n×128 mel power in dB (ref 1.0, amin 1e-10), not yet clipped."""
     window, mel, _ = _basis()

@@ -112,9 +112,11 @@ def cmd_reenact(args) -> int:
     from amnet.reenact.run import Options, reenact
 
     warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    summary = reenact(Options(args.source, args.audio, args.output, args.model, args.runtime, args.precision,
-                              args.drive, args.pose, args.resolution, args.fps, args.side_by_side, args.stream,
-                              args.pcm_rate, args.threads, not args.quiet, warn))
+    summary = reenact(Options(
+        source=args.source, audio=args.audio, output=args.output, model=args.model, runtime=args.runtime,
+        precision=args.precision, drive=args.drive, pose=args.pose, resolution=args.resolution, fps=args.fps,
+        side_by_side=args.side_by_side, stream=args.stream, drop_late=args.drop_late, pcm_rate=args.pcm_rate,
+        threads=args.threads, progress=not args.quiet, warn=warn))
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -126,8 +128,9 @@ def cmd_reenact(args) -> int:
     print(line)
     if "latency_ms" in summary:
         lat = summary["latency_ms"]
+        dropped = f"; {summary['dropped_frames']} frames repeated (--drop-late)" if summary["dropped_frames"] else ""
         print(f"latency from a frame's audio centre to its encoded frame: p50 {lat['p50']} ms, p99 {lat['p99']} ms "
-              f"(the centred window's floor: {lat['floor_p50']} ms; p99 above it: {lat['over_floor_p99']} ms)")
+              f"(the centred window's floor: {lat['floor_p50']} ms; p99 above it: {lat['over_floor_p99']} ms){dropped}")
     return 0
 
 
@@ -274,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--side-by-side", action="store_true", help="source (or drive) face | generated face")
     s.add_argument("--stream", action="store_true", help="read the audio paced in real time (a file plays at 1×) "
                    "and emit each frame as soon as its window is complete; report per-frame latency")
+    s.add_argument("--drop-late", action="store_true", help="--stream on a CPU slower than real time: when several "
+                   "frames are ready at once, compute the newest and repeat it (bounded latency, fewer distinct frames)")
     s.add_argument("--pcm-rate", type=positive("--pcm-rate"), default=44100, help="sample rate of PCM on stdin")
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -43,6 +43,7 @@ class Options:
     fps: float = 25.0
     side_by_side: bool = False
     stream: bool = False
+    drop_late: bool = False  # streaming on a CPU slower than real time: compute only the newest ready frame
     pcm_rate: int = speech.SAMPLE_RATE
     threads: int | None = None
     progress: bool = True
@@ -56,6 +57,7 @@ class Timings:
     encode: float = 0.0
     latency: list[float] = field(default_factory=list)  # streaming: per frame, seconds
     floor: list[float] = field(default_factory=list)
+    dropped: int = 0  # streaming with drop_late: frames shown as the next computed one
 
 
 # ---------------------------------------------------------------- the model
@@ -216,6 +218,7 @@ def reenact(opts: Options) -> dict:
                                  "floor_p50": round(float(np.percentile(floor, 50)), 1),
                                  "floor_max": round(float(floor.max()), 1),
                                  "over_floor_p99": round(float(np.percentile(lat - floor, 99)), 1)}
+        summary["dropped_frames"] = t.dropped
     return summary
 
 
@@ -268,6 +271,11 @@ def _paced(samples: np.ndarray, chunk: int = STREAM_CHUNK):
 def stream(job: Job) -> int:
     """Frames as soon as their audio windows are complete; per-frame latency against the window's floor."""
     opts = job.opts
+    # Before the audio starts: the feature basis (imports librosa, ~2 s) and one inference (runtimes compile
+    # lazily): a live stream must not pay either.
+    speech.warm_up()
+    job.runner.infer({"source": job.source_feed, "audio": np.zeros((1, 1, speech.WINDOW, 60), np.float32),
+                      "pose": job.source.pose[None].astype(np.float32), "eye": job.source.eye[None].astype(np.float32)})
     if opts.audio == "-":
         source, duration = media.pcm_chunks(sys.stdin.buffer, opts.pcm_rate), None
     else:
@@ -291,20 +299,20 @@ def stream(job: Job) -> int:
     threading.Thread(target=read, daemon=True, name="audio").start()
     feats = speech.SpeechFeatures(job.delta, floor="causal")
     done = 0
-    heard = 0
     with job.writer() as out:
         while True:
-            item = chunks.get()
-            if isinstance(item, BaseException):
-                raise item
+            arrived = [chunks.get()]  # wait for audio, then take all that queued up while we computed
+            while arrived[-1] is not None and not isinstance(arrived[-1], BaseException) and not chunks.empty():
+                arrived.append(chunks.get_nowait())
+            if isinstance(arrived[-1], BaseException):
+                raise arrived[-1]
+            ended = arrived[-1] is None
+            audio = [a for a in arrived if a is not None]
             t = time.perf_counter()
-            if item is None:
-                ready = feats.finish()
-                limit = speech.video_frames(feats.samples, opts.fps)
-            else:
-                ready = feats.push(item)
-                heard += len(item)
-                limit = None
+            for a in audio:
+                feats.push(a)
+            ready = feats.finish() if ended else feats.ready
+            limit = speech.video_frames(feats.samples, opts.fps) if ended else None
             todo = done
             while (limit is None and speech.frames_needed(todo, opts.fps) <= ready) or (limit and todo < limit):
                 todo += 1
@@ -313,18 +321,23 @@ def stream(job: Job) -> int:
             job.timings.features += time.perf_counter() - t
             if todo > done:
                 frames = range(done, todo)
-                faces = job.infer(job.feeds(lambda i: feats.window(i, opts.fps), frames, pose, eye))
+                computed = range(todo - 1, todo) if opts.drop_late and todo - done > 1 else frames
+                faces = job.infer(job.feeds(lambda i: feats.window(i, opts.fps), computed, pose, eye))
+                images = job.compose(faces, computed.start, crops)
+                if len(computed) < len(frames):  # behind real time: the late frames repeat the newest one
+                    job.timings.dropped += len(frames) - 1
+                    images = images * len(frames)
                 t = time.perf_counter()
-                for i, image in zip(frames, job.compose(faces, done, crops)):
+                for i, image in zip(frames, images):
                     out.add_frame(image)
                     job.timings.latency.append(time.perf_counter() - clock["start"] - i / opts.fps)
                     job.timings.floor.append(min(speech.window_ready_seconds(i, opts.fps, job.delta),
                                                  feats.samples / speech.SAMPLE_RATE) - i / opts.fps)
                 job.timings.encode += time.perf_counter() - t
                 done = todo
-            if item is not None:
-                out.add_audio(item)
-            else:
+            for a in audio:
+                out.add_audio(a)
+            if ended:
                 if done == 0:
                     raise InputError("the audio stream ended before one frame's window was complete")
                 return out.frames
