@@ -57,3 +57,26 @@ def strip(video: Path, out: Path, frames: int = 8, scale: int = 1) -> Path:
     ok, data = cv2.imencode(".png", cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
     return out
+
+
+def main(argv=None) -> int:
+    """python -m amnet.reenact.demo OUT_DIR [--person N] [--seconds S]  |  --strip VIDEO.mp4 OUT.png"""
+    import argparse
+
+    p = argparse.ArgumentParser(description="demo inputs from the shipped data, or a PNG strip of a video")
+    p.add_argument("folder", nargs="?", default="work/demo", help="where face<N>.png and speech.wav go")
+    p.add_argument("--person", type=int, default=0, help="which calibration_data/ person (0, 1, 2)")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--strip", nargs=2, metavar=("VIDEO", "PNG"), help="write every n-th frame of VIDEO to PNG")
+    p.add_argument("--frames", type=int, default=8)
+    args = p.parse_args(argv)
+    if args.strip:
+        print(strip(Path(args.strip[0]), Path(args.strip[1]), args.frames))
+        return 0
+    face, speech = write_inputs(Path(args.folder), args.person, args.seconds)
+    print(f"amnet-deploy reenact --source {face} --audio {speech} --output {Path(args.folder) / 'talk.mp4'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
