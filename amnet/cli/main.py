@@ -123,7 +123,8 @@ def cmd_reenact(args) -> int:
     split = summary["split_s"]
     line = (f"{summary['frames']} frames → {summary['output']} in {summary['seconds']:.1f} s "
             f"({summary['fps_end_to_end']} FPS end to end: features {split['features']:.2f} s, "
-            f"model {split['model']:.2f} s, encode {split['encode']:.2f} s) on {summary['runtime']} "
+            f"model {split['model']:.2f} s, encode {split['encode']:.2f} s; setup {summary['setup_s']:.1f} s) on "
+            f"{summary['runtime']} "
             f"{summary['precision']} at {summary['resolution']}², model {summary['model']} ({summary['model_from']})")
     print(line)
     if "latency_ms" in summary:

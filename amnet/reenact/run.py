@@ -141,15 +141,21 @@ class Job:
                       f"(nearest {known[0]} at {known[1]:.2f} > {drive_mod.KNOWN_FACE_DISTANCE}): the shipped "
                       "model only reenacts the people it was trained on")
         self.runner, self.model, self.model_why = open_model(opts)
+        self.timings = Timings()
         try:
             self.resolution = model_resolution(self.runner, opts.resolution)
             self.delta = self.runner.metadata.get("audio_delta") or "official"
             self.batch = self.runner.inputs[0].batch
             self.source_feed = to_float(self.source.crop[None], self.resolution)
+            # Setup, not per-frame work: the feature basis (the first use imports librosa, ~2 s) and one
+            # inference (runtimes compile lazily). A live stream must not pay either once audio flows.
+            speech.warm_up()
+            self.infer(self.feeds(lambda i: np.zeros((speech.WINDOW, 60), np.float32), range(1),
+                                  self.source.pose[None].astype(np.float32), self.source.eye[None].astype(np.float32)))
         except BaseException:
             self.runner.close()
             raise
-        self.timings = Timings()
+        self.timings = Timings()  # after the warm-up: what follows is the per-frame work
 
     def signals(self, n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
         """Pose and eye per output frame (and the drive crops, for --side-by-side)."""
@@ -284,11 +290,6 @@ def _paced(samples: np.ndarray, chunk: int = STREAM_CHUNK):
 def stream(job: Job) -> int:
     """Frames as soon as their audio windows are complete; per-frame latency against the window's floor."""
     opts = job.opts
-    # Before the audio starts: the feature basis (imports librosa, ~2 s) and one inference (runtimes compile
-    # lazily): a live stream must not pay either.
-    speech.warm_up()
-    job.runner.infer({"source": job.source_feed, "audio": np.zeros((1, 1, speech.WINDOW, 60), np.float32),
-                      "pose": job.source.pose[None].astype(np.float32), "eye": job.source.eye[None].astype(np.float32)})
     if opts.audio == "-":
         source, duration = media.pcm_chunks(sys.stdin.buffer, opts.pcm_rate), None
     else:
