@@ -122,3 +122,41 @@ def test_flip_refuses_landmarks_it_cannot_mirror():
     data["landmarks"] = data["landmarks"][:, :100]
     with pytest.raises(InputError, match="68 landmarks"):
         PairSampler(data, 32, flip=True)
+
+
+def test_crop_takes_one_aligned_window_of_source_and_target():
+    import pytest
+
+    from amnet.core.errors import InputError
+    from amnet.realdata import to_float
+
+    data = tiny_data(n=8, res=32)
+    full = torch.from_numpy(to_float(data["face"], 32))
+    sampler = PairSampler(data, 32, crop=16)
+    for source, *_, target, _ in sampler.batches(4):
+        assert source.shape[-2:] == target.shape[-2:] == (16, 16)
+        # the target window is a window of some full target frame, at the same place as the source's
+        hits = [(i, y, x) for i in range(8) for y in range(17) for x in range(17)
+                if torch.equal(full[i, :, y:y + 16, x:x + 16], target[0])]
+        assert hits
+        _, y, x = hits[0]
+        assert any(torch.equal(full[i, :, y:y + 16, x:x + 16], source[0]) for i in range(8))
+    with pytest.raises(InputError, match="--crop"):
+        PairSampler(data, 32, crop=30)
+
+
+def test_init_starts_from_the_given_weights(tmp_path):
+    """--init: the run's first weights are the checkpoint's (a fine-tune), recorded in the provenance."""
+    from amnet.checkpoint import save_checkpoint
+
+    torch.manual_seed(3)
+    start = AMNet(AMNetConfig(landmarks=136, resolution=32))
+    ckpt = save_checkpoint(tmp_path / "start.safetensors", start)
+    cfg = AMNetConfig(landmarks=136, resolution=32)
+    train(tiny_data(), tmp_path / "run", cfg, TrainConfig(epochs=1, batch=4, resolution=32, lr=1e-12),
+          progress=False, init=ckpt)
+    tuned = load_checkpoint(tmp_path / "run" / "amnet.safetensors")
+    assert tuned.config.extra["init"] == str(ckpt)
+    a, b = start.state_dict(), tuned.model.state_dict()
+    # lr 1e-12: the weights are still the start's (fp16 storage rounds them)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=2e-3, rtol=2e-3) for k in a if a[k].is_floating_point())
