@@ -14,10 +14,11 @@ One step of librosa is not causal: ``power_to_db`` clips every value at
 causal floor offline too, so its stream and its file runs agree.
 
 Latency: the window of video frame i is centred on MFCC frame c = ⌊i/fps·44100/512⌋
-and spans [c−32, c+32); frame c+31 needs samples up to (c+31)·512 + 1024, so a
-frame exists at the earliest ``window_ready_seconds(i, fps)`` after the start
-of the audio: 371.5 ms of future hops plus the 23.2 ms half FFT window, less the
-part of a hop that lies before the frame's centre.
+and spans [c−32, c+32); its last frame, c+31, is centred 31 hops after c and needs
+1024 more samples (the half FFT window), so a frame exists at the earliest
+``window_ready_seconds(i, fps)`` after the start of the audio: (31·512 + 1024)/44100
+= 383.2 ms after MFCC frame c (≤ 1 hop before the video frame's own moment), and
+4 hops (46 ms) more with 'time' deltas, whose deltas of deltas look 4 frames ahead.
 """
 from __future__ import annotations
 
@@ -93,7 +94,6 @@ class SpeechFeatures:
             raise InputError(f"dB floor must be one of {', '.join(FLOORS)}, got {floor!r}")
         self.delta, self.floor = delta_convention, floor
         self._pending = np.zeros(N_FFT // 2)  # the first centred frame's zero padding
-        self._consumed = 0  # samples (of the padded stream) before _pending[0]
         self._db: list[np.ndarray] = []  # global floor: mel dB kept until the end
         self._mfcc: list[np.ndarray] = []  # T×20 rows
         self._peak = PRIOR_PEAK_DB
@@ -133,7 +133,8 @@ class SpeechFeatures:
     def window(self, frame: int, fps: float) -> np.ndarray:
         """64×60 window of a video frame from the frames so far (edge frames past the end, once finished)."""
         c = window_centre(frame, fps)
-        idx = np.clip(np.arange(c - WINDOW // 2, c + WINDOW // 2), 0, (self.total_frames or self.ready) - 1)
+        idx = np.arange(c - WINDOW // 2, c + WINDOW // 2)
+        idx = np.clip(idx, 0, self.total_frames - 1) if self.finished else np.maximum(idx, 0)  # edge: true ends only
         if idx.max() >= self.ready:
             raise InputError(f"video frame {frame} needs audio features up to {idx.max()}, only {self.ready} final")
         return np.stack([self._features[i] for i in idx])

@@ -144,8 +144,10 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
     opt_d = torch.optim.Adam(D.parameters(), cfg.lr, betas=(0.5, 0.999))
     history: list[dict] = []
     start_epoch, step, elapsed = 0, 0, 0.0
+    started_from = None  # the checkpoint a fine-tune started from (provenance)
     if resume and ckpt.is_file() and state_path.is_file():
         loaded = load_checkpoint(ckpt)
+        started_from = loaded.config.extra.get("init")
         G.load_state_dict(loaded.model.state_dict())
         if loaded.discriminator is not None:
             D.load_state_dict(loaded.discriminator.state_dict())
@@ -154,15 +156,17 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
         opt_d.load_state_dict(state["opt_d"])
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
         history = json.loads(state["history"])
-    elif init is not None:
+    elif init is not None:  # a fresh run folder only: --resume continues from the folder's own state
         loaded = load_checkpoint(init)
         start = loaded.require_full()
-        if (start.config.kernel, start.config.landmarks) != (model_config.kernel, model_config.landmarks):
+        have = (start.config.kernel, start.config.landmarks, start.config.audio_delta)
+        want = (model_config.kernel, model_config.landmarks, model_config.audio_delta)
+        if have != want:
             from amnet.core.errors import InputError
 
-            raise InputError(f"{init}: GC k={start.config.kernel}, L={start.config.landmarks} cannot start a "
-                             f"run with k={model_config.kernel}, L={model_config.landmarks}")
+            raise InputError(f"{init}: GC k, L, audio deltas = {have} cannot start a run on {want}")
         G.load_state_dict(start.state_dict())
+        started_from = str(init)
         if loaded.discriminator is not None:
             D.load_state_dict(loaded.discriminator.state_dict())
     sampler = PairSampler(data, cfg.resolution, cfg.seed + start_epoch, cfg.flip, cfg.crop)
@@ -189,7 +193,7 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
         history.append({"epoch": epoch + 1, "step": step, "minutes": round((time.time() - t0) / 60, 2),
                         "lr": learning_rate(cfg, epoch),
                         **{k: round(v / max(n, 1), 5) for k, v in sums.items()}})
-        G.config.extra = {**({"init": str(init)} if init is not None else {}), "steps": step, "epochs": epoch + 1, "train_resolution": cfg.resolution,
+        G.config.extra = {**({"init": started_from} if started_from else {}), "steps": step, "epochs": epoch + 1, "train_resolution": cfg.resolution,
                           **({"crop": cfg.crop} if cfg.crop else {}),
                           "batch": cfg.batch, "wall_minutes": history[-1]["minutes"], "final_losses": history[-1]}
         save_checkpoint(ckpt, G, D)

@@ -30,17 +30,12 @@ import numpy as np
 from export.gc_smoothing import channel_absmax, factors
 
 
-def reader_scopes(cells: int = 9) -> list[str]:
-    """ONNX node-name scope of the conv reading GC k (the exporter's names)."""
-    out = []
-    for k in range(cells):
-        if k < 5:
-            out.append(f"/reenactor/cells.{k + 1}/body/body.0/")
-        elif k < cells - 1:
-            out.append(f"/reenactor/cells.{k + 1}/")
-        else:
-            out.append("/reenactor/decoder/decoder.0/")
-    return out
+def reader_scopes(model) -> list[str]:
+    """ONNX node-name scope of the conv reading GC k, as the TorchScript exporter names modules
+    (a Sequential's child i of attribute `a` is `a/a.i`; ModuleList items are `cells.i`)."""
+    cells = len(model.reenactor.gcs)
+    return [f"/reenactor/cells.{k + 1}/body/body.0/" if k < 5 else
+            f"/reenactor/cells.{k + 1}/" if k < cells - 1 else "/reenactor/decoder/decoder.0/" for k in range(cells)]
 
 
 def spread(a: np.ndarray) -> float:
@@ -56,7 +51,7 @@ def channel_share(a: np.ndarray) -> float:
 
 
 def ranges(model, feeds, alpha: float) -> list[dict]:
-    scopes = reader_scopes(len(model.reenactor.gcs))
+    scopes = reader_scopes(model)
     rows = []
     for k, a in enumerate(channel_absmax(model, feeds)):
         rows.append({"gc": k, "reader": scopes[k].strip("/").replace("reenactor/", ""), "channels": a.shape[1],
@@ -108,7 +103,7 @@ def moves(checkpoint: Path, resolution: int, alpha: float, out: Path, samples: i
     held = load_inputs("heldout", resolution, samples)
     held.pop("target")
     reference = reference_outputs(model, held)["face"]
-    scopes = reader_scopes(len(model.reenactor.gcs))
+    scopes = reader_scopes(model)
     order = list(np.argsort(reader_gflops(model, resolution))[::-1])
     export_dir = out / f"export_r{resolution}_a{alpha}"
     export_checkpoint(checkpoint, export_dir, ExportOptions((1,), resolution, check_parity=True, progress=progress,

@@ -133,13 +133,16 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
             raise InputError(f"{model_path} holds no fp32 full-model ONNX ({opts.gc_form} GC) at {opts.resolution}² "
                              f"for batch {','.join(map(str, opts.batches))}: run `amnet-deploy export` first")
         return check_smoothing(files, opts)
-    manifest = export_checkpoint(model_path, out_dir, ExportOptions(opts.batches, opts.resolution,
-                                                                    progress=opts.progress, gc_form=opts.gc_form))
+    from export.int8_scope import load_scope
+
+    manifest = export_checkpoint(model_path, out_dir, ExportOptions(  # smoothed as the INT8 scope was measured
+        opts.batches, opts.resolution, progress=opts.progress, gc_form=opts.gc_form,
+        smooth_gc=load_scope(opts.int8_scope).smooth_gc))
     failed = [a["name"] for a in manifest["artifacts"] if a.get("parity", {}).get("passed") is False]
     if failed:
         raise ArtifactError(f"the export of {model_path.name} failed its ONNX parity check ({', '.join(failed)}): "
                             "nothing built from it")
-    return _fp32_exports(out_dir, manifest, opts)
+    return check_smoothing(_fp32_exports(out_dir, manifest, opts), opts)
 
 
 def check_smoothing(files: list[Path], opts: BuildOptions) -> list[Path]:
@@ -150,7 +153,7 @@ def check_smoothing(files: list[Path], opts: BuildOptions) -> list[Path]:
     wanted = load_scope(opts.int8_scope).smooth_gc
     for f in files:
         have = read_metadata(f).get("gc_smoothing", "none")
-        if wanted is not None and have != str(wanted):
+        if wanted is not None and (have == "none" or float(have) != float(wanted)):
             raise InputError(f"{opts.int8_scope} was measured on an export with `--smooth-gc {wanted}`; {f.name} has "
                              f"gc_smoothing={have}: re-export with `amnet-deploy export --smooth-gc {wanted}`")
     return files

@@ -79,6 +79,10 @@ def test_cpu_isa_cap(monkeypatch):
                               ("AVX512_CORE_VNNI", "AVX512-VNNI", "f32"), ("AVX512_CORE_BF16", "AVX512-BF16", "bf16")):
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
         assert (cpu.isa_name(), cpu.float_precision("int8")) == (name, floats), cap
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "DEFAULT")  # oneDNN's word for no cap
+    assert cpu.isa()["cap"] is None and cpu.isa_name() == "AVX512-BF16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2_VNNI")  # AVX-VNNI (Alder Lake) is not AVX512-VNNI
+    assert cpu.isa_name() == "AVX2"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX1024")
     with pytest.raises(InputError, match="ONEDNN_MAX_CPU_ISA"):
         cpu.isa()

@@ -318,3 +318,28 @@ def test_drop_late_bounds_the_latency_of_a_slow_model(ov_build, face, tmp_path, 
     per_call_ms = 1000 * (dropped["split_s"]["model"] / (dropped["frames"] - dropped["dropped_frames"]) + delay)
     assert dropped["latency_ms"]["over_floor_p99"] < 4 * per_call_ms
     assert dropped["latency_ms"]["over_floor_p99"] < slow_lag["over_floor_p99"] / 4
+
+
+def test_stream_window_waits_for_its_audio_and_pcm_keeps_odd_bytes():
+    import io
+
+    from amnet.core.errors import InputError
+    from amnet.reenact.media import pcm_chunks
+
+    y = at_44k(*arctic(1.0))
+    s = speech.SpeechFeatures()
+    s.push(y[:20000])
+    assert s.ready < speech.frames_needed(10, 25.0)
+    with pytest.raises(InputError, match="only"):
+        s.window(10, 25.0)  # never an edge-padded guess while the stream is still running
+    s.push(y[20000:])
+    s.finish()
+    np.testing.assert_array_equal(s.window(10, 25.0), speech.window(s.features(), 10, 25.0))
+    pcm = (np.sin(np.arange(4410) / 7) * 8000).astype("<i2").tobytes()
+    whole = np.concatenate(list(pcm_chunks(io.BytesIO(pcm), 44100)))
+    class Pipe(io.BytesIO):  # a pipe may hand over any number of bytes, odd ones included
+        def read(self, n=-1):
+            return super().read(min(n, 333))
+
+    odd = np.concatenate(list(pcm_chunks(Pipe(pcm + b"\x01"), 44100)))  # odd reads, and a lone byte at the end
+    assert len(whole) == 4410 and np.array_equal(whole, odd)

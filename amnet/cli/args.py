@@ -85,10 +85,11 @@ def float_precision_arg(parser) -> None:
 
 def isa_caps(text: str) -> list[str]:
     """native and/or oneDNN ISA caps (ONEDNN_MAX_CPU_ISA values), any case."""
-    from amnet.core.cpu import CAPS
+    from amnet.core.cpu import CAPS, UNCAPPED
 
     values = [v.strip() for v in text.split(",") if v.strip()]
-    out = [v.lower() if v.lower() == "native" else v.upper() for v in values]
+    out = ["native" if v.lower() == "native" or v.upper() in UNCAPPED else v.upper() for v in values]
+    out = list(dict.fromkeys(out))  # each cap once
     bad = [v for v in out if v != "native" and v not in CAPS]
     if bad or not out:
         raise argparse.ArgumentTypeError(f"{', '.join(bad) or 'nothing'}: use native or oneDNN ISA caps "

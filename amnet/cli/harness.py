@@ -220,7 +220,9 @@ def choose_markdown(ranked: list[dict], resolution: int, threads: int, excluded:
 def per_isa_markdown(per_isa: dict) -> str:
     if len(per_isa) < 2:
         return ""
-    lines = ["", "| ISA (oneDNN cap) | pick | FPS b=1 | best FPS | × eager on that ISA |", "|---|---|---|---|---|"]
+    lines = ["", "The parity gate ran once, on this CPU as it is; a row under a cap reuses its verdict (without bf16 "
+                 "the float parts compute f32, nearer FP32 than what passed).", "",
+             "| ISA (oneDNN cap) | pick | FPS b=1 | best FPS | × eager on that ISA |", "|---|---|---|---|---|"]
     for isa, top in per_isa.items():
         lines.append(f"| {isa} | {top['variant'] if top else 'none passes'} | {top['fps_b1'] if top else ''} | "
                      f"{top['best_fps'] if top else ''} | {top['ratio_vs_eager'] if top else ''} |")
@@ -262,7 +264,7 @@ def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
 
     parity = run_parity(args, resolution, out_dir / f"parity_{resolution}")
     bench = run_bench(args, resolution)
-    ranked = rank(parity["variants"], bench["rows"])
+    ranked = rank(parity["variants"], bench["rows"], (bench.get("isas") or ["native"])[0])
     per_isa = {isa: next(iter(rank(parity["variants"], bench["rows"], isa)), None) for isa in bench.get("isas", [])}
     excluded = [f"{r['variant']} ({'; '.join(r['failures'])})" for r in parity["variants"] if not r["passed"]]
     result = {"resolution": resolution, "build": display_path(args.build), "machine": machine_info(args.threads or 2),

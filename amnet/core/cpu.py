@@ -15,22 +15,22 @@ from pathlib import Path
 from amnet.core.errors import InputError
 
 # Feature → cpuinfo flags (any of them).
-FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni", "avx_vnni"),
+FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni",), "AVX-VNNI": ("avx_vnni",),
             "AVX512-BF16": ("avx512_bf16",), "AMX": ("amx_tile", "amx_bf16", "amx_int8"),
             "AVX512-FP16": ("avx512_fp16",)}
 # oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) → the features still usable under them.
 CAPS = {
-    "SSE41": (), "AVX": (), "AVX2": ("AVX2",), "AVX2_VNNI": ("AVX2", "VNNI"), "AVX2_VNNI_2": ("AVX2", "VNNI"),
+    "SSE41": (), "AVX": (), "AVX2": ("AVX2",), "AVX2_VNNI": ("AVX2", "AVX-VNNI"), "AVX2_VNNI_2": ("AVX2", "AVX-VNNI"),
     "AVX512_CORE": ("AVX2", "AVX-512"), "AVX512_CORE_VNNI": ("AVX2", "AVX-512", "VNNI"),
     "AVX512_CORE_BF16": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16"),
     "AVX512_CORE_FP16": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16"),
-    "AVX512_CORE_AMX": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AMX"),
+    "AVX512_CORE_AMX": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16", "AMX"),  # = AVX10_1_512_AMX
     "AVX512_CORE_AMX_FP16": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16", "AMX"),
     "AVX10_1_512": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16"),
     "AVX10_1_512_AMX": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16", "AMX"),
     "AVX10_1_512_AMX_FP16": ("AVX2", "AVX-512", "VNNI", "AVX512-BF16", "AVX512-FP16", "AMX"),
-    "ALL": tuple(FEATURES),
 }
+UNCAPPED = ("ALL", "DEFAULT")  # oneDNN's values for "no cap"
 FLOAT_PRECISIONS = ("auto", "f32", "bf16")
 FLOAT_PRECISION_ENV = "AMNET_FLOAT_PRECISION"  # `--float-precision` sets it, so benchmark children inherit it
 
@@ -50,8 +50,10 @@ def _cpuinfo() -> tuple[str, set[str]]:
 
 def isa_cap() -> str | None:
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() or None
+    if cap in UNCAPPED:
+        return None
     if cap is not None and cap not in CAPS:
-        raise InputError(f"ONEDNN_MAX_CPU_ISA={cap} is not one of oneDNN's: {', '.join(CAPS)}")
+        raise InputError(f"ONEDNN_MAX_CPU_ISA={cap} is not one of oneDNN's: {', '.join((*CAPS, *UNCAPPED))}")
     return cap
 
 
@@ -69,7 +71,7 @@ def isa_name(info: dict | None = None) -> str:
     """The best effective ISA in one word: AMX, AVX512-BF16, AVX512-VNNI, AVX-512, AVX2-VNNI, AVX2, or SSE/AVX."""
     e = (info or isa())["effective"]
     for name, need in (("AMX", ("AMX",)), ("AVX512-BF16", ("AVX512-BF16",)), ("AVX512-VNNI", ("AVX-512", "VNNI")),
-                       ("AVX-512", ("AVX-512",)), ("AVX2-VNNI", ("AVX2", "VNNI")), ("AVX2", ("AVX2",))):
+                       ("AVX-512", ("AVX-512",)), ("AVX2-VNNI", ("AVX2", "AVX-VNNI")), ("AVX2", ("AVX2",))):
         if all(e[n] for n in need):
             return name
     return "SSE/AVX"

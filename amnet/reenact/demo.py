@@ -28,14 +28,17 @@ def write_inputs(folder: Path, person: int = 0, seconds: float = 5.0) -> tuple[P
     if not len(rows):
         raise InputError(f"calibration_data/ has no person {person}")
     crop = held["images"][held["source_idx"][rows[0]]]
-    folder.mkdir(parents=True, exist_ok=True)
+    from amnet.core.fileio import atomic_write
+
     face = folder / f"face{person}.png"
-    cv2.imwrite(str(face), cv2.cvtColor(np.pad(crop, ((40, 40), (80, 80), (0, 0)), mode="edge"), cv2.COLOR_RGB2BGR))
+    _, png = cv2.imencode(".png", cv2.cvtColor(np.pad(crop, ((40, 40), (80, 80), (0, 0)), mode="edge"),
+                                                cv2.COLOR_RGB2BGR))
+    atomic_write(face, lambda tmp: Path(tmp).write_bytes(png.tobytes()))
     parts = [sf.read(default_dir() / "speech" / name, dtype="float64") for name in SPEECH_FILES]
     rate = parts[0][1]
     wav = np.concatenate([w for w, _ in parts])[: int(seconds * rate)]
     speech = folder / "speech.wav"
-    sf.write(speech, wav, rate, subtype="PCM_16")
+    atomic_write(speech, lambda tmp: sf.write(tmp, wav, rate, subtype="PCM_16", format="WAV"))
     return face, speech
 
 
@@ -50,11 +53,11 @@ def strip(video: Path, out: Path, frames: int = 8, scale: int = 1) -> Path:
     pick = np.linspace(0, len(images) - 1, frames).round().astype(int)
     cols = frames if images[0].shape[1] <= images[0].shape[0] else max(1, frames // 2)  # side by side: 2 rows
     tiles = [images[i] for i in pick]
-    row = np.concatenate([np.concatenate(tiles[k:k + cols], axis=1) for k in range(0, len(tiles), cols)
-                          if len(tiles[k:k + cols]) == cols], axis=0)
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)  # a short last row is filled with black
+    row = np.concatenate([np.concatenate(tiles[k:k + cols], axis=1) for k in range(0, len(tiles), cols)], axis=0)
     if scale != 1:
         row = cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
+    _, data = cv2.imencode(".png", cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
     return out
 
@@ -79,4 +82,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    try:
+        raise SystemExit(main())
+    except InputError as e:
+        print(f"amnet.reenact.demo: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

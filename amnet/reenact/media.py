@@ -63,7 +63,9 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray:
 def check_speech(samples: np.ndarray, name) -> np.ndarray:
     if len(samples) < SAMPLE_RATE // 10:
         raise InputError(f"{name}: {len(samples) / SAMPLE_RATE:.2f} s of audio, need at least 0.1 s")
-    if not np.isfinite(samples).all() or np.abs(samples).max() < SILENCE:
+    if not np.isfinite(samples).all():
+        raise InputError(f"{name} holds NaN or infinite samples")
+    if np.abs(samples).max() < SILENCE:
         raise InputError(f"{name} is silent (peak below -60 dBFS): nothing to drive the mouth with")
     return samples
 
@@ -71,11 +73,15 @@ def check_speech(samples: np.ndarray, name) -> np.ndarray:
 def pcm_chunks(stream, rate: int, chunk: int = 1024):
     """Signed 16-bit little-endian mono PCM from a binary stream → 44.1 kHz float64 chunks as they arrive."""
     resample, av = resampler(), _av()
-    pts = 0
+    pts, carry = 0, b""
     while True:
         data = stream.read(chunk * 2)
         if not data:
             break
+        data = carry + data
+        carry = data[len(data) // 2 * 2:]  # an odd byte waits for its other half
+        if len(data) < 2:
+            continue
         pcm = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
         frame = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = rate, pts, Fraction(1, rate)
@@ -154,15 +160,19 @@ class Mp4Writer:
     def __enter__(self) -> "Mp4Writer":
         av = _av()
         self._container = av.open(str(self.tmp), "w", format="mp4")
-        video = self._container.add_stream(self.codec, rate=self.fps)
-        video.width, video.height = self.size
-        video.pix_fmt = "yuv420p"
-        if self.codec == "libx264":
-            video.options = {"crf": str(self.crf), "preset": "veryfast"}
-        else:
-            video.bit_rate = 4_000_000
-        audio = self._container.add_stream("aac", rate=SAMPLE_RATE)
-        audio.layout = "mono"
+        try:
+            video = self._container.add_stream(self.codec, rate=self.fps)
+            video.width, video.height = self.size
+            video.pix_fmt = "yuv420p"
+            if self.codec == "libx264":
+                video.options = {"crf": str(self.crf), "preset": "veryfast"}
+            else:
+                video.bit_rate = 4_000_000
+            audio = self._container.add_stream("aac", rate=SAMPLE_RATE)
+            audio.layout = "mono"
+        except BaseException as e:
+            self.__exit__(type(e), e, None)
+            raise
         self._video, self._audio = video, audio
         return self
 
@@ -187,18 +197,24 @@ class Mp4Writer:
             self._container.mux(packet)
 
     def __exit__(self, kind, error, tb) -> None:
-        container = self._container
+        container, self._container = self._container, None
         try:
             if kind is None:
-                self._mux(self._video.encode())
-                self._mux(self._audio.encode())
-            self._container = None
+                for packets in (self._video.encode(), self._audio.encode()):  # flush the encoders
+                    for packet in packets:
+                        container.mux(packet)
             container.close()
+            container = None
             if kind is None:
                 with open(self.tmp, "rb") as f:
                     os.fsync(f.fileno())
                 os.replace(self.tmp, self.path)
         finally:
+            if container is not None:  # failing already: closing must not replace the first error
+                try:
+                    container.close()
+                except Exception:  # noqa: BLE001
+                    pass
             if self.tmp.exists():  # a failure or Ctrl-C anywhere above: no half-written video under any name
                 self.tmp.unlink()
 

@@ -84,16 +84,19 @@ def default_model(resolution: int | None, reports: Path = REPORTS) -> tuple[str,
 
 
 def open_model(opts: Options):
-    from runtimes.registry import open_runner
-
     from runtimes import registry
+    from runtimes.registry import open_runner
 
     model, why = (opts.model, "--model") if opts.model else default_model(opts.resolution)
     backend = registry.get(opts.runtime) if opts.runtime else None if Path(model).is_dir() else registry.for_path(model)
     # Offline, frames are independent: OpenVINO's throughput mode keeps one request per stream in flight.
     options = {"mode": "throughput"} if not opts.stream and backend is not None and "mode" in backend.options else {}
     runner = open_runner(model, threads=opts.threads, precision=opts.precision, runtime=opts.runtime, **options)
-    runner.activate()
+    try:
+        runner.activate()
+    except BaseException:
+        runner.close()
+        raise
     names = {s.name for s in runner.inputs}
     if not set(MODEL_INPUTS) <= names:
         runner.close()
@@ -125,7 +128,7 @@ class Job:
         from amnet.signals import FaceAnalyzer, read_video
 
         self.opts = opts
-        if opts.fps <= 0 or opts.fps > 120:
+        if not 0 < opts.fps <= 120:  # NaN too
             raise InputError(f"--fps must be in (0, 120], got {opts.fps}")
         media.check_writable(opts.output)
         if opts.audio != "-" and not Path(opts.audio).is_file():
@@ -150,7 +153,7 @@ class Job:
             # Setup, not per-frame work: the feature basis (the first use imports librosa, ~2 s) and one
             # inference (runtimes compile lazily). A live stream must not pay either once audio flows.
             speech.warm_up()
-            self.infer(self.feeds(lambda i: np.zeros((speech.WINDOW, 60), np.float32), range(1),
+            self.infer(self.feeds(lambda i: np.zeros((speech.WINDOW, 60), np.float32), [0],
                                   self.source.pose[None].astype(np.float32), self.source.eye[None].astype(np.float32)))
         except BaseException:
             self.runner.close()
@@ -170,15 +173,16 @@ class Job:
         pose = np.repeat((self.pose_override if self.pose_override is not None else self.source.pose)[None], n, 0)
         return pose.astype(np.float32), drive_mod.blink_eye(self.source.eye, times), None
 
-    def compose(self, faces: np.ndarray, first: int, crops) -> list[np.ndarray]:
+    def compose(self, faces: np.ndarray, frames, crops) -> list[np.ndarray]:
+        """Output pictures of the given frame indices: the face, or (--side-by-side) source or drive | face."""
         images = to_image(faces)
         if not self.opts.side_by_side:
             return list(images)
         import cv2
 
         r = self.resolution
-        left = [cv2.resize(crops[first + i] if crops else self.source.crop, (r, r), interpolation=cv2.INTER_AREA)
-                for i in range(len(images))]
+        left = [cv2.resize(crops[i] if crops else self.source.crop, (r, r), interpolation=cv2.INTER_AREA)
+                for i in frames]
         return [np.concatenate([a, b], axis=1) for a, b in zip(left, images)]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -198,11 +202,11 @@ class Job:
             raise InputError(f"{self.runner.name} produced non-finite pixels: the model file is broken")
         return face
 
-    def feeds(self, window_of, frames: range, pose, eye) -> dict[str, np.ndarray]:
-        n = len(frames)
-        audio = np.stack([window_of(i) for i in frames])[:, None].astype(np.float32)
-        return {"source": np.repeat(self.source_feed, n, 0), "audio": audio,
-                "pose": pose[frames.start:frames.stop], "eye": eye[frames.start:frames.stop]}
+    def feeds(self, window_of, frames, pose, eye) -> dict[str, np.ndarray]:
+        """Model inputs of the given frame indices (a range or a list)."""
+        idx = list(frames)
+        audio = np.stack([window_of(i) for i in idx])[:, None].astype(np.float32)
+        return {"source": np.repeat(self.source_feed, len(idx), 0), "audio": audio, "pose": pose[idx], "eye": eye[idx]}
 
     def writer(self) -> media.Mp4Writer:
         width = self.resolution * (2 if self.opts.side_by_side else 1)
@@ -262,7 +266,7 @@ def offline(job: Job) -> int:
             frames = range(start, min(n, start + step))
             faces = job.infer(job.feeds(lambda i: speech.window(feats, i, opts.fps), frames, pose, eye))
             t = time.perf_counter()
-            for i, image in zip(frames, job.compose(faces, start, crops)):
+            for i, image in zip(frames, job.compose(faces, frames, crops)):
                 out.add_frame(image)  # then the speech of this frame's 1/fps, all that is left after the last
                 out.add_audio(samples[_sample(i, opts.fps):_sample(i + 1, opts.fps) if i + 1 < n else None])
             job.timings.encode += time.perf_counter() - t
@@ -332,15 +336,23 @@ def stream(job: Job) -> int:
                 todo += 1
             if todo > len(pose):
                 pose, eye = _extend(pose, todo), _extend(eye, todo)
+                crops = crops + crops[-1:] * (todo - len(crops)) if crops else crops
             job.timings.features += time.perf_counter() - t
             if todo > done:
                 frames = range(done, todo)
-                computed = range(todo - 1, todo) if opts.drop_late and todo - done > 1 else frames
+                audio_end = feats.samples / speech.SAMPLE_RATE if ended else float("inf")
+                ready_at = {i: clock["start"] + min(speech.window_ready_seconds(i, opts.fps, job.delta), audio_end)
+                            for i in frames}
+                computed = frames
+                if opts.drop_late:  # skip frames that have waited over a frame period: they show the next one
+                    now = time.perf_counter()
+                    computed = [i for i in frames if now - ready_at[i] <= 1 / opts.fps] or [todo - 1]
+                    if computed[-1] != todo - 1:
+                        computed.append(todo - 1)
                 faces = job.infer(job.feeds(lambda i: feats.window(i, opts.fps), computed, pose, eye))
-                images = job.compose(faces, computed.start, crops)
-                if len(computed) < len(frames):  # behind real time: the late frames repeat the newest one
-                    job.timings.dropped += len(frames) - 1
-                    images = images * len(frames)
+                by_frame = dict(zip(computed, job.compose(faces, computed, crops)))
+                images = [by_frame[min(c for c in computed if c >= i)] for i in frames]
+                job.timings.dropped += len(frames) - len(computed)
                 t = time.perf_counter()
                 for i, image in zip(frames, images):
                     out.add_frame(image)
