@@ -65,6 +65,14 @@ class Scope:
 
 
 SCOPE_FORMAT = "amnet-int8-scope/1"
+SCOPES_DIR = Path(__file__).resolve().parent / "scopes"
+PIPELINE_SMOOTH_GC = 0.5  # the α of the shipped smoothed scopes (benchmarks/gc_ranges.py --moves, 40 dB)
+
+
+def shipped_smoothed_scope(resolution: int, alpha: float = PIPELINE_SMOOTH_GC) -> Path | None:
+    """export/scopes/gc_smoothed_a{α}_r{R}.json: the GC readers measured to stay ≥ 40 dB in INT8 at R², or None."""
+    path = SCOPES_DIR / f"gc_smoothed_a{alpha}_r{resolution}.json"
+    return path if path.is_file() else None
 
 
 def load_scope(path: Path | None) -> Scope:

@@ -39,12 +39,20 @@ PART_IO = {
 }
 
 
-def artifact_name(part: str, batch: int | None, resolution: int | None, gc_form: str = "grouped") -> str:
-    """amnet_full_b1_r256.onnx; `_ew` marks a fixed-batch export with the elementwise GC."""
+def artifact_name(part: str, batch: int | None, resolution: int | None, gc_form: str = "grouped",
+                  smoothed: bool = False) -> str:
+    """amnet_full_b1_r256.onnx; `_ew` marks a fixed-batch export with the elementwise GC, `_gcs` a GC-smoothed one
+    (`export --smooth-gc`), so both live beside the plain export in one build folder."""
     b = "dyn" if batch is None else f"b{batch}"
     r = "" if resolution is None else f"_r{resolution}"
     ew = "_ew" if gc_form == "elementwise" and batch is not None else ""
-    return f"amnet_{part}_{b}{r}{ew}.onnx"
+    return f"amnet_{part}_{b}{r}{ew}{'_gcs' if smoothed else ''}.onnx"
+
+
+def gc_smoothing(meta: dict) -> dict:
+    """The manifest field a build copies from its source ONNX metadata: {"gc_smoothing": α}, or nothing."""
+    value = meta.get("gc_smoothing", "none")
+    return {} if value in ("none", None) else {"gc_smoothing": float(value)}
 
 
 def gc_form_for(batch: int | None, requested: str = "grouped") -> str:
@@ -151,7 +159,7 @@ def export_one(model: AMNet, stage: Stage, part: str, batch: int | None, resolut
         "audio_delta": model.config.audio_delta, "simplified": str(simplify).lower(),
         "gc_smoothing": str(getattr(model, "gc_smoothing", None) or "none"),
     })
-    name = artifact_name(part, batch, res, gc_form)
+    name = artifact_name(part, batch, res, gc_form, smoothed=bool(getattr(model, "gc_smoothing", None)))
     pending = save_onnx(proto, stage.path(name))
     entry = {"name": name, "runtime": "onnxruntime", "part": part, "gc_form": gc_form, "batch": batch,
              "resolution": res, "precision": "fp32", "audio_delta": model.config.audio_delta}

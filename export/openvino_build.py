@@ -22,7 +22,7 @@ from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
 from amnet.core.fileio import file_sha256, lazy_import, tool_versions
 from export.int8_scope import Scope, load_scope
-from export.onnx_export import read_export_metadata, read_metadata
+from export.onnx_export import gc_smoothing, read_export_metadata, read_metadata
 
 PSNR_CAP = 50.0
 
@@ -102,7 +102,8 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
                 actual = {"compute": r.compute_precision, "ops": r.executed_precisions()}
             stage.add({"name": name, "runtime": "openvino", "part": meta["part"], "gc_form": meta["gc_form"],
                        "batch": meta["batch"], "resolution": meta["resolution"], "precision": str(precision),
-                       "audio_delta": meta["audio_delta"], "from": artifacts.logical_name(onnx_path),
+                       "audio_delta": meta["audio_delta"], **gc_smoothing(rt_info),
+                       "from": artifacts.logical_name(onnx_path),
                        "from_sha256": file_sha256(onnx_path),
                        "weights": {"fp16": "fp16", "int8": "int8+fp32"}.get(str(precision), "fp32"),
                        "actual_precision": actual}, [xml, xml.with_suffix(".bin")])

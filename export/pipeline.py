@@ -130,8 +130,14 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
     if model_path.is_dir():
         files = _fp32_exports(model_path, artifacts.read(model_path), opts)
         if not files:
-            raise InputError(f"{model_path} holds no fp32 full-model ONNX ({opts.gc_form} GC) at {opts.resolution}² "
-                             f"for batch {','.join(map(str, opts.batches))}: run `amnet-deploy export` first")
+            from export.int8_scope import load_scope
+
+            smooth = load_scope(opts.int8_scope).smooth_gc
+            how = f"`amnet-deploy export --smooth-gc {smooth}` (the INT8 scope was measured on one)" if smooth \
+                else "`amnet-deploy export`"
+            raise InputError(f"{model_path} holds no fp32 full-model ONNX ({opts.gc_form} GC"
+                             f"{f', smoothed α={smooth}' if smooth else ''}) at {opts.resolution}² for batch "
+                             f"{','.join(map(str, opts.batches))}: run {how} first")
         return check_smoothing(files, opts)
     from export.int8_scope import load_scope
 
@@ -161,6 +167,10 @@ def check_smoothing(files: list[Path], opts: BuildOptions) -> list[Path]:
 
 def _fp32_exports(folder: Path, manifest: dict, opts: BuildOptions) -> list[Path]:
     """The full-model FP32 ONNX files of a manifest that match the build's batches, resolution and GC form."""
+    from export.int8_scope import load_scope
+
+    smoothing = load_scope(opts.int8_scope).smooth_gc  # a scope measured on a smoothed export builds from one
     return [folder / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["runtime"] == "onnxruntime"
             and a["precision"] == "fp32" and a.get("batch") in opts.batches
-            and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form]
+            and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form
+            and a.get("gc_smoothing") == smoothing]

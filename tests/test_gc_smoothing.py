@@ -58,6 +58,7 @@ def test_a_scope_measured_on_a_smoothed_export_needs_one(trained, tmp_path, cali
     m = export_checkpoint(ckpt, smoothed, ExportOptions((1,), 64, check_parity=True, progress=False, smooth_gc=0.5))
     entry = next(a for a in m["artifacts"] if a["part"] == "full")
     assert entry["gc_smoothing"] == 0.5 and entry["parity"]["passed"]  # ONNX of the smoothed model = PyTorch
+    assert entry["name"] == "amnet_full_b1_r64_gcs.onnx"  # beside the plain export, never over it
     assert read_metadata(smoothed / entry["file"])["gc_smoothing"] == "0.5"
     scope = write_scope(tmp_path / "scope.json", ["/reenactor/decoder/decoder.6/"], {"smooth_gc": 0.5})
     with pytest.raises(InputError, match="smooth-gc 0.5"):
@@ -65,5 +66,9 @@ def test_a_scope_measured_on_a_smoothed_export_needs_one(trained, tmp_path, cali
     manifest = build(smoothed, "openvino", smoothed, BuildOptions(("int8",), (1,), 64, 8, progress=False,
                                                                   int8_scope=scope))
     int8 = next(a for a in manifest["artifacts"] if a["precision"] == "int8" and a["runtime"] == "openvino")
+    assert int8["gc_smoothing"] == 0.5 and int8["name"] == "amnet_full_b1_r64_gcs_ov_int8.xml"
+    from benchmarks.parity import collect_variants
+
+    assert "openvino-int8-gcs-b1-r64" in {v.name for v in collect_variants(smoothed, 64)}
     ops = int8["actual_precision"]["ops"]["Convolution"]
     assert ops.get("u8", 0) + ops.get("i8", 0) > 13  # more convs in INT8 than the default scope's 13 at this size

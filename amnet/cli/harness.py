@@ -203,7 +203,8 @@ def choose_markdown(ranked: list[dict], resolution: int, threads: int, excluded:
     top = ranked[0]
     mode = "throughput mode (async streams)" if top["throughput_fps"] > top["fps_b1"] * 1.1 else "latency mode"
     psnr = "exact" if top["psnr"] in (None, float("inf")) else f"PSNR {top['psnr']:.1f} dB vs FP32"
-    lines += [f"**Recommended: {top['runtime']} {top['precision']}**, batch {top['batch']}, {threads} threads, "
+    lines += [f"**Recommended: {top['runtime']} {top['precision']}** (`{top['variant']}`), batch {top['batch']}, "
+              f"{threads} threads, "
               f"{mode}: {top['best_fps']} FPS ({top['ratio_vs_eager']}× PyTorch eager), {psnr}; "
               f"the fastest of the variants that pass the parity gate.", "",
               "| rank | variant | runs as | FPS b=1 | best FPS | × eager | median ms | face PSNR dB |",
@@ -305,6 +306,22 @@ def display_path(path) -> str:
         return str(path)
 
 
+def build_smoothed_int8(checkpoint, build_dir: Path, resolution: int, quiet: bool) -> None:
+    """The GC-smoothed OpenVINO INT8 beside the default one (`*_gcs_*`), where a scope ships for this size."""
+    from export.int8_scope import PIPELINE_SMOOTH_GC, shipped_smoothed_scope
+    from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
+
+    scope = shipped_smoothed_scope(resolution)
+    missing = registry.get("openvino").missing(build=True)
+    if scope is None or missing:
+        print(f"GC-smoothed INT8 at {resolution}² skipped: {missing or 'no scope ships for this size'}")
+        return
+    export_checkpoint(checkpoint, build_dir, ExportOptions(PIPELINE_BATCHES, resolution, progress=not quiet,
+                                                           smooth_gc=PIPELINE_SMOOTH_GC))
+    build(build_dir, "openvino", build_dir, BuildOptions(("int8",), PIPELINE_BATCHES, resolution, progress=not quiet,
+                                                         int8_scope=scope))
+
+
 def _machine_line(m: dict) -> str:
     cap = f", capped at {m['isa_cap']}" if m.get("isa_cap") else ""
     return (f"{m['cpu']} ({m['cores']} cores, best ISA {m.get('isa_name', '?')}{cap}; "
@@ -336,6 +353,7 @@ def cmd_pipeline(args) -> int:
                 continue
             source = args.checkpoint if backend.builds_from == "checkpoint" else build_dir
             build(source, name, build_dir, BuildOptions(backend.precisions, PIPELINE_BATCHES, r, progress=not quiet))
+        build_smoothed_int8(args.checkpoint, build_dir, r, quiet)
     results = {}
     for r in args.resolutions:
         result, text = choose(args, r, out)
