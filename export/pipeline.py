@@ -113,9 +113,14 @@ def build(model: Path, runtime: str, out_dir: Path, opts: BuildOptions | None = 
 
 
 def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> list[Path]:
-    """The fixed-batch full-model FP32 ONNX files to build from: given, found in an export folder, or exported now."""
-    from export.onnx_export import read_export_metadata
+    """The fixed-batch full-model FP32 ONNX files to build from: given, found in an export folder, or exported now.
 
+    A scope measured on a GC-smoothed export (`export --smooth-gc α`) builds only from an export smoothed alike.
+    """
+    from export.int8_scope import load_scope
+    from export.onnx_export import read_export_metadata, read_metadata
+
+    smooth = load_scope(opts.int8_scope).smooth_gc
     if not model_path.exists():
         raise InputError(f"model not found: {model_path}")
     if model_path.suffix == ".onnx":
@@ -126,51 +131,34 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
         if meta["part"] != "full" or meta["precision"] != "fp32":
             raise InputError(f"{model_path.name} is the {meta['part']} {meta['precision']} model: "
                              "builds start from the full-model fp32 export")
-        return check_smoothing([model_path], opts)
-    if model_path.is_dir():
-        files = _fp32_exports(model_path, artifacts.read(model_path), opts)
+        have = read_metadata(model_path).get("gc_smoothing", "none")
+        if smooth is not None and (have == "none" or float(have) != float(smooth)):
+            raise InputError(f"{opts.int8_scope} was measured on an export with `--smooth-gc {smooth}`; "
+                             f"{model_path.name} has gc_smoothing={have}: re-export with "
+                             f"`amnet-deploy export --smooth-gc {smooth}`")
+        return [model_path]
+    if model_path.is_dir():  # the manifest records each export's smoothing: no file needs opening to match it
+        files = _fp32_exports(model_path, artifacts.read(model_path), opts, smooth)
         if not files:
-            from export.int8_scope import load_scope
-
-            smooth = load_scope(opts.int8_scope).smooth_gc
             how = f"`amnet-deploy export --smooth-gc {smooth}` (the INT8 scope was measured on one)" if smooth \
                 else "`amnet-deploy export`"
             raise InputError(f"{model_path} holds no fp32 full-model ONNX ({opts.gc_form} GC"
                              f"{f', smoothed α={smooth}' if smooth else ''}) at {opts.resolution}² for batch "
                              f"{','.join(map(str, opts.batches))}: run {how} first")
-        return check_smoothing(files, opts)
-    from export.int8_scope import load_scope
-
+        return files
     manifest = export_checkpoint(model_path, out_dir, ExportOptions(  # smoothed as the INT8 scope was measured
-        opts.batches, opts.resolution, progress=opts.progress, gc_form=opts.gc_form,
-        smooth_gc=load_scope(opts.int8_scope).smooth_gc))
+        opts.batches, opts.resolution, progress=opts.progress, gc_form=opts.gc_form, smooth_gc=smooth))
     failed = [a["name"] for a in manifest["artifacts"] if a.get("parity", {}).get("passed") is False]
     if failed:
         raise ArtifactError(f"the export of {model_path.name} failed its ONNX parity check ({', '.join(failed)}): "
                             "nothing built from it")
-    return check_smoothing(_fp32_exports(out_dir, manifest, opts), opts)
+    return _fp32_exports(out_dir, manifest, opts, smooth)
 
 
-def check_smoothing(files: list[Path], opts: BuildOptions) -> list[Path]:
-    """An INT8 scope measured on a GC-smoothed export is refused for an export smoothed otherwise (or not at all)."""
-    from export.int8_scope import load_scope
-    from export.onnx_export import read_metadata
-
-    wanted = load_scope(opts.int8_scope).smooth_gc
-    for f in files:
-        have = read_metadata(f).get("gc_smoothing", "none")
-        if wanted is not None and (have == "none" or float(have) != float(wanted)):
-            raise InputError(f"{opts.int8_scope} was measured on an export with `--smooth-gc {wanted}`; {f.name} has "
-                             f"gc_smoothing={have}: re-export with `amnet-deploy export --smooth-gc {wanted}`")
-    return files
-
-
-def _fp32_exports(folder: Path, manifest: dict, opts: BuildOptions) -> list[Path]:
-    """The full-model FP32 ONNX files of a manifest that match the build's batches, resolution and GC form."""
-    from export.int8_scope import load_scope
-
-    smoothing = load_scope(opts.int8_scope).smooth_gc  # a scope measured on a smoothed export builds from one
+def _fp32_exports(folder: Path, manifest: dict, opts: BuildOptions, smooth: float | None) -> list[Path]:
+    """The full-model FP32 ONNX files of a manifest that match the build's batches, resolution, GC form and
+    smoothing."""
     return [folder / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["runtime"] == "onnxruntime"
             and a["precision"] == "fp32" and a.get("batch") in opts.batches
             and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form
-            and a.get("gc_smoothing") == smoothing]
+            and a.get("gc_smoothing") == smooth]
