@@ -2,7 +2,8 @@
 
 ONNX ``Conv.group`` is a static attribute, so folding the batch into channels
 (group = N·C) fixes N: each batch bucket is its own artifact. ``dynamic=True``
-exports GC's elementwise form instead, which keeps N symbolic.
+exports GC's elementwise form instead, which keeps N symbolic. The decoder's
+ConvTranspose layers are exported as sub-pixel convs (export/subpixel.py).
 
 Opset 17: the first with LayerNormalization (f_Geo's per-sample standardisation
 becomes one node), and the newest that ONNX Runtime, OpenVINO and TensorRT 10
@@ -29,6 +30,7 @@ from amnet.core.artifacts import Stage
 from amnet.core.errors import ArtifactError
 from amnet.core.fileio import atomic_write
 from amnet.model import AMNet, FuserHalf, ReenactorHalf
+from export.subpixel import subpixel_upsampling
 
 OPSET = 17
 PARTS = ("full", "fuser", "reenactor")
@@ -79,7 +81,7 @@ def to_onnx(model: AMNet, part: str = "full", batch: int | None = 1, resolution:
     args = dummy_inputs(part, batch or 2, resolution)
     dynamic_axes = {n: {0: "N"} for n in inputs + outputs} if batch is None else None
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad(), model.eval().gc_form(form):
+    with warnings.catch_warnings(), torch.no_grad(), model.eval().gc_form(form), subpixel_upsampling(model):
         warnings.simplefilter("ignore")  # TorchScript exporter deprecation notice
         torch.onnx.export(_module(model, part), args, buf, input_names=inputs, output_names=outputs,
                           opset_version=OPSET, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
@@ -158,6 +160,7 @@ def export_one(model: AMNet, stage: Stage, part: str, batch: int | None, resolut
         "precision": "fp32", "opset": str(OPSET), "landmarks": str(model.config.landmarks),
         "audio_delta": model.config.audio_delta, "simplified": str(simplify).lower(),
         "gc_smoothing": str(getattr(model, "gc_smoothing", None) or "none"),
+        "upsampling": "subpixel",  # the decoder's ConvTranspose as Conv + DepthToSpace (export/subpixel.py)
     })
     name = artifact_name(part, batch, res, gc_form, smoothed=bool(getattr(model, "gc_smoothing", None)))
     pending = save_onnx(proto, stage.path(name))

@@ -36,6 +36,34 @@ def test_dynamic_export_has_symbolic_batch_and_no_dynamic_convs(small_model):
     assert all(const_w for _, _, const_w in conv_nodes(proto))  # GC became elementwise
 
 
+def test_subpixel_conv_is_the_transpose_conv():
+    import torch
+    from torch import nn
+
+    from export.subpixel import SubPixelConvTranspose, convertible
+
+    torch.manual_seed(0)
+    convt = nn.ConvTranspose2d(5, 7, 3, 2, 1, output_padding=1, bias=True)
+    x = torch.randn(2, 5, 6, 9)  # not square: rows and columns map alike but separately
+    with torch.no_grad():
+        got, want = SubPixelConvTranspose(convt)(x), convt(x)
+    assert got.shape == want.shape == (2, 7, 12, 18)
+    assert (got - want).abs().max() < 1e-5
+    assert not convertible(nn.ConvTranspose2d(5, 7, 3, 2, 1))  # no output padding: another shape, stays as is
+    with pytest.raises(ValueError):
+        SubPixelConvTranspose(nn.ConvTranspose2d(5, 7, 4, 2, 1))
+
+
+def test_export_has_no_transpose_conv_and_leaves_the_model_alone(small_model):
+    from torch import nn
+
+    proto = to_onnx(small_model, "full", 1, 32)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "ConvTranspose" not in ops and ops.count("DepthToSpace") == 2
+    assert [type(m) for m in small_model.reenactor.decoder if isinstance(m, nn.ConvTranspose2d)] == \
+        [nn.ConvTranspose2d] * 2
+
+
 def test_metadata_and_checker(small_model, tmp_path):
     path = export_file(small_model, tmp_path, "full", 2, 32, "abc123")
     onnx.checker.check_model(str(path))
@@ -43,6 +71,7 @@ def test_metadata_and_checker(small_model, tmp_path):
     assert meta["source_checkpoint_sha256"] == "abc123" and meta["gc_form"] == "grouped"
     assert meta["batch"] == "2" and meta["resolution"] == "32" and meta["gc_kernel"] == "1"
     assert meta["producer"].startswith("amnet-deploy") and meta["simplified"] == "true"
+    assert meta["upsampling"] == "subpixel"
 
 
 @pytest.mark.parametrize("resolution", [128, 256])
