@@ -18,6 +18,7 @@ THREADS = 2
 def setup(request, tmp_path_factory):
     from amnet import default_checkpoint
     from amnet.checkpoint import load_checkpoint
+    from export.int8_scope import PIPELINE_SMOOTH_GC, shipped_smoothed_scope
     from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
 
     r = request.param
@@ -25,6 +26,11 @@ def setup(request, tmp_path_factory):
     export_checkpoint(default_checkpoint(), d, ExportOptions((1,), r, check_parity=False, progress=False))
     build(d, "onnxruntime", d, BuildOptions(("int8",), (1,), r, 32, progress=False))
     build(d, "openvino", d, BuildOptions(("fp32", "int8"), (1,), r, 32, progress=False))
+    # The GC-smoothed INT8 that `make run` builds beside the default one (amnet_full_b1_rR_gcs_ov_int8.xml).
+    export_checkpoint(default_checkpoint(), d, ExportOptions((1,), r, check_parity=False, progress=False,
+                                                            smooth_gc=PIPELINE_SMOOTH_GC))
+    build(d, "openvino", d, BuildOptions(("int8",), (1,), r, 32, progress=False,
+                                         int8_scope=shipped_smoothed_scope(r)))
     rng = np.random.default_rng(0)
     feeds = {"source": rng.uniform(-1, 1, (1, 3, r, r)).astype(np.float32),
              "audio": rng.normal(0, 30, (1, 1, 64, 60)).astype(np.float32),
@@ -55,17 +61,18 @@ def test_onnxruntime(benchmark, setup, variant):
     _bench(benchmark, open_runner(d / name, threads=THREADS), feeds)
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
+@pytest.mark.parametrize("variant", ["fp32", "int8", "gcs_int8"])
 def test_openvino(benchmark, setup, variant):
     from runtimes.registry import open_runner
 
     r, d, _, feeds = setup
-    _bench(benchmark, open_runner(d / f"amnet_full_b1_r{r}_ov_{variant}.xml", threads=THREADS), feeds)
+    _bench(benchmark, open_runner(d / f"amnet_full_b1_r{r}_ov_{variant}.xml".replace("_ov_gcs_", "_gcs_ov_"),
+                                  threads=THREADS), feeds)
 
 
 @pytest.mark.parametrize("mode", ["offline", "stream", "stream-drop-late"])
 def test_reenact_end_to_end(benchmark, setup, mode, tmp_path):
-    """`amnet-deploy reenact` on OpenVINO INT8: 5 s of speech → MP4, features + model + encode (issue bar:
+    """`amnet-deploy reenact` on the GC-smoothed OpenVINO INT8 (what `make run` recommends): 5 s of speech → MP4, features + model + encode (issue bar:
     ≥ 25 FPS at 128², ≥ 15 at 256²; streaming at 128²: latency p99 ≤ the window's floor + 80 ms)."""
     from amnet.reenact.demo import write_inputs
     from amnet.reenact.run import Options, reenact
@@ -74,7 +81,7 @@ def test_reenact_end_to_end(benchmark, setup, mode, tmp_path):
     if mode.startswith("stream") and r != 128:
         pytest.skip("the latency bar is at 128²")
     face, speech = write_inputs(tmp_path, person=0, seconds=5.0)
-    opts = Options(str(face), str(speech), str(tmp_path / "out.mp4"), model=str(d / f"amnet_full_b1_r{r}_ov_int8.xml"),
+    opts = Options(str(face), str(speech), str(tmp_path / "out.mp4"), model=str(d / f"amnet_full_b1_r{r}_gcs_ov_int8.xml"),
                    stream=mode.startswith("stream"), drop_late=mode.endswith("drop-late"), threads=THREADS,
                    progress=False, warn=lambda line: None)
     summaries = []

@@ -278,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--side-by-side", action="store_true", help="source (or drive) face | generated face")
     s.add_argument("--stream", action="store_true", help="read the audio paced in real time (a file plays at 1×) "
                    "and emit each frame as soon as its window is complete; report per-frame latency")
-    s.add_argument("--drop-late", action="store_true", help="--stream on a CPU slower than real time: when several "
-                   "frames are ready at once, compute the newest and repeat it (bounded latency, fewer distinct frames)")
+    s.add_argument("--drop-late", action="store_true", help="--stream on a CPU slower than real time: skip frames "
+                   "already a frame period late and repeat the next computed one (bounded latency, fewer distinct frames)")
     s.add_argument("--pcm-rate", type=positive("--pcm-rate"), default=44100, help="sample rate of PCM on stdin")
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")

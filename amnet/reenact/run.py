@@ -43,7 +43,7 @@ class Options:
     fps: float = 25.0
     side_by_side: bool = False
     stream: bool = False
-    drop_late: bool = False  # streaming on a CPU slower than real time: compute only the newest ready frame
+    drop_late: bool = False  # streaming on a CPU slower than real time: skip frames already a period late
     pcm_rate: int = speech.SAMPLE_RATE
     threads: int | None = None
     progress: bool = True
@@ -316,57 +316,62 @@ def stream(job: Job) -> int:
 
     threading.Thread(target=read, daemon=True, name="audio").start()
     feats = speech.SpeechFeatures(job.delta, floor="causal")
-    done = 0
+    done = ready_frames = 0  # frames encoded; frames whose windows are complete
+    ended = False
     with job.writer() as out:
         while True:
-            arrived = [chunks.get()]  # wait for audio, then take all that queued up while we computed
-            while arrived[-1] is not None and not isinstance(arrived[-1], BaseException) and not chunks.empty():
-                arrived.append(chunks.get_nowait())
-            if isinstance(arrived[-1], BaseException):
+            # Block for audio only when no complete frame waits; otherwise take what queued up and go on.
+            arrived = [] if ended else _take(chunks, block=ready_frames == done)
+            if arrived and isinstance(arrived[-1], BaseException):
                 raise arrived[-1]
-            ended = arrived[-1] is None
-            audio = [a for a in arrived if a is not None]
+            if arrived and arrived[-1] is None:
+                ended, arrived = True, arrived[:-1]
             t = time.perf_counter()
-            for a in audio:
+            for a in arrived:
                 feats.push(a)
-            ready = feats.finish() if ended else feats.ready
-            limit = speech.video_frames(feats.samples, opts.fps) if ended else None
-            todo = done
-            while (limit is None and speech.frames_needed(todo, opts.fps) <= ready) or (limit and todo < limit):
-                todo += 1
-            if todo > len(pose):
-                pose, eye = _extend(pose, todo), _extend(eye, todo)
-                crops = crops + crops[-1:] * (todo - len(crops)) if crops else crops
+            if ended:
+                feats.finish()
+                ready_frames = speech.video_frames(feats.samples, opts.fps)
+            else:
+                while speech.frames_needed(ready_frames, opts.fps) <= feats.ready:
+                    ready_frames += 1
+            if ready_frames > len(pose):
+                pose, eye = _extend(pose, ready_frames), _extend(eye, ready_frames)
+                crops = crops + crops[-1:] * (ready_frames - len(crops)) if crops else crops
             job.timings.features += time.perf_counter() - t
-            if todo > done:
-                frames = range(done, todo)
+            if ready_frames > done:
+                # One frame per pass, encoded at once: a frame never waits for a later one's inference.
                 audio_end = feats.samples / speech.SAMPLE_RATE if ended else float("inf")
-                ready_at = {i: clock["start"] + min(speech.window_ready_seconds(i, opts.fps, job.delta), audio_end)
-                            for i in frames}
-                computed = frames
-                if opts.drop_late:  # skip frames that have waited over a frame period: they show the next one
-                    now = time.perf_counter()
-                    computed = [i for i in frames if now - ready_at[i] <= 1 / opts.fps] or [todo - 1]
-                    if computed[-1] != todo - 1:
-                        computed.append(todo - 1)
-                faces = job.infer(job.feeds(lambda i: feats.window(i, opts.fps), computed, pose, eye))
-                by_frame = dict(zip(computed, job.compose(faces, computed, crops)))
-                images = [by_frame[min(c for c in computed if c >= i)] for i in frames]
-                job.timings.dropped += len(frames) - len(computed)
+                frame = done
+                if opts.drop_late:  # the oldest frame not yet a frame period late, else the newest
+                    now, late = time.perf_counter(), 1 / opts.fps
+                    frame = next((i for i in range(done, ready_frames) if now - clock["start"] - min(
+                        speech.window_ready_seconds(i, opts.fps, job.delta), audio_end) <= late), ready_frames - 1)
+                face = job.infer(job.feeds(lambda i: feats.window(i, opts.fps), [frame], pose, eye))
+                image = job.compose(face, [frame], crops)[0]
                 t = time.perf_counter()
-                for i, image in zip(frames, images):
+                for i in range(done, frame + 1):  # frames skipped by --drop-late show this one
                     out.add_frame(image)
                     job.timings.latency.append(time.perf_counter() - clock["start"] - i / opts.fps)
                     job.timings.floor.append(min(speech.window_ready_seconds(i, opts.fps, job.delta),
                                                  feats.samples / speech.SAMPLE_RATE) - i / opts.fps)
                 job.timings.encode += time.perf_counter() - t
-                done = todo
-            for a in audio:
+                job.timings.dropped += frame - done
+                done = frame + 1
+            for a in arrived:
                 out.add_audio(a)
-            if ended:
+            if ended and done == ready_frames:
                 if done == 0:
                     raise InputError("the audio stream ended before one frame's window was complete")
                 return out.frames
+
+
+def _take(chunks: queue.Queue, block: bool) -> list:
+    """The chunks queued so far (waiting for one first if `block`); None marks the end, an exception a failure."""
+    taken = [chunks.get()] if block else []
+    while (not taken or taken[-1] is not None and not isinstance(taken[-1], BaseException)) and not chunks.empty():
+        taken.append(chunks.get_nowait())
+    return taken
 
 
 def _extend(values: np.ndarray, n: int) -> np.ndarray:
