@@ -191,7 +191,8 @@ register(Backend(
     "openvino", (".xml",), "runtimes.openvino_runner:OpenVinoRunner",
     precisions=(Precision.FP32, Precision.FP16, Precision.INT8), builder="export.openvino_build:build",
     requires=(Requirement("openvino", "2025.0"),), build_requires=(Requirement("nncf", "2.16"),),
-    hint="pip install openvino (building INT8: pip install nncf)", options=("mode", "cache_dir", "compute", "streams"),
+    hint="pip install openvino (building INT8: pip install nncf)",
+    options=("mode", "cache_dir", "compute", "streams", "hold_source"),
     description="OpenVINO CPU plugin: FP32, FP16 weights, INT8 by NNCF"))
 register(Backend(
     "pytorch-cuda", (".cudaplan",), "runtimes.pytorch_cuda_runner:TorchCudaRunner",

@@ -147,6 +147,28 @@ def test_throughput_mode_matches_latency_mode(ov_build, heldout_ref):
     assert any((d / "cache").iterdir())  # the compiled-model cache was written
 
 
+@pytest.mark.parametrize("mode", ["latency", "throughput"])
+def test_hold_source_runs_the_encoder_once_per_face_and_changes_nothing(ov_build, heldout_ref, mode, monkeypatch):
+    from runtimes.openvino_runner import OpenVinoRunner
+
+    d, arts = ov_build
+    feeds, _ = heldout_ref
+    one = {k: feeds[k][:1] for k in ("source", "audio", "pose", "eye")}
+    items = [one, {**one, "audio": feeds["audio"][1:2]}, {**one, "source": feeds["source"][2:3]}, one]
+    path = d / arts["int8"]["file"]
+    with OpenVinoRunner(path, threads=2, mode=mode) as plain, \
+            OpenVinoRunner(path, threads=2, mode=mode, hold_source=True) as held:
+        assert [s.name for s in held.inputs] == [s.name for s in plain.inputs]  # the same contract outside
+        source_runs = []
+        infer = held.source_request.infer
+        monkeypatch.setattr(held.source_request, "infer", lambda f: source_runs.append(1) or infer(f), raising=False)
+        want = plain.infer_many(items) if mode == "throughput" else [plain.infer(i) for i in items]
+        got = held.infer_many(items) if mode == "throughput" else [held.infer(i) for i in items]
+    for w, g in zip(want, got):
+        assert np.array_equal(w["face"], g["face"]) and np.array_equal(w["landmarks"], g["landmarks"])
+    assert len(source_runs) == 3  # face A, face B, face A again: once per change of face
+
+
 def test_bad_ir_and_bad_mode(ov_build, tmp_path):
     from runtimes.openvino_runner import OpenVinoRunner
 

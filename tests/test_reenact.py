@@ -152,15 +152,20 @@ def test_five_second_clip_on_openvino_int8(ov_build, clip, face, tmp_path, capsy
     assert [p.name for p in tmp_path.iterdir()] == ["talk.mp4"]  # no temp file left
 
 
-def test_stream_emits_the_offline_frames_after_the_floor(face, tmp_path, capsys):
+def test_stream_emits_the_offline_frames_after_the_floor(face, tmp_path, capsys, monkeypatch):
     """Played at 1×, every frame comes after its window's floor, and the frames are those of a file run.
 
     On the PyTorch checkpoint: one runtime configuration for both runs (OpenVINO runs offline in throughput
-    mode, whose kernels may round differently from the stream's latency mode)."""
+    mode, whose kernels may round differently from the stream's latency mode), and one encoder setting
+    (a stream encodes with x264's zerolatency tune, which codes the same picture a little differently)."""
     import soundfile as sf
 
     from amnet import default_checkpoint
+    from amnet.reenact import media
     from amnet.reenact.media import probe
+
+    writer = media.Mp4Writer
+    monkeypatch.setattr(media, "Mp4Writer", lambda *a, **k: writer(*a, **{**k, "live": True}))
 
     wav, sr = arctic(2.0)
     sf.write(tmp_path / "speech.wav", wav, sr)
@@ -179,6 +184,23 @@ def test_stream_emits_the_offline_frames_after_the_floor(face, tmp_path, capsys)
     # The same model inputs (the causal features are stream-exact), so the same pictures up to the video codec.
     diff = np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(f_off, f_str)])
     assert diff < 1.0
+
+
+def test_a_live_writer_codes_each_frame_when_given(tmp_path):
+    """--stream measures latency to the encoded frame: with lookahead the packet would come frames later."""
+    from amnet.reenact.media import Mp4Writer, video_encoder
+
+    if video_encoder() != "libx264":
+        pytest.skip("the bundled FFmpeg has no libx264 (MPEG-4 Part 2 has no lookahead to turn off)")
+    rng = np.random.default_rng(0)
+    for live in (False, True):
+        with Mp4Writer(tmp_path / f"live{live}.mp4", 25, 64, 64, live=live) as out:
+            for i in range(12):
+                out.add_frame(rng.integers(0, 256, (64, 64, 3), np.uint8))
+                if live:
+                    assert out.coded == out.frames
+            if not live:
+                assert out.coded < out.frames  # lookahead holds frames back
 
 
 def test_an_unknown_face_gets_a_one_line_warning(tmp_path):

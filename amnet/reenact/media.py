@@ -146,13 +146,15 @@ def check_writable(path: str | os.PathLike) -> Path:
 class Mp4Writer:
     """Video frames (RGB uint8) and 44.1 kHz mono speech → one MP4 (H.264 or MPEG-4, AAC), published by rename."""
 
-    def __init__(self, path: str | os.PathLike, fps: float, width: int, height: int, crf: int = 18):
+    def __init__(self, path: str | os.PathLike, fps: float, width: int, height: int, crf: int = 18,
+                 live: bool = False):
         self.path = check_writable(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
         self.fps = Fraction(fps).limit_denominator(1001)
         self.size = (width, height)
-        self.crf = crf
+        self.crf, self.live = crf, live
         self.frames = 0
+        self.coded = 0  # video packets out of the encoder so far (live: one per frame given)
         self.audio_samples = 0
         self.codec = video_encoder()
         self._container = None
@@ -166,6 +168,8 @@ class Mp4Writer:
             video.pix_fmt = "yuv420p"
             if self.codec == "libx264":
                 video.options = {"crf": str(self.crf), "preset": "veryfast"}
+                if self.live:  # no lookahead or B-frames: a frame is coded when given, not frames later on
+                    video.options |= {"tune": "zerolatency"}  # threads that would run beside the model
             else:
                 video.bit_rate = 4_000_000
             audio = self._container.add_stream("aac", rate=SAMPLE_RATE)
@@ -180,7 +184,9 @@ class Mp4Writer:
         av = _av()
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
         frame.pts, frame.time_base = self.frames, 1 / self.fps
-        self._mux(self._video.encode(frame))
+        packets = self._video.encode(frame)
+        self._mux(packets)
+        self.coded += len(packets)
         self.frames += 1
 
     def add_audio(self, samples: np.ndarray) -> None:

@@ -90,7 +90,10 @@ def open_model(opts: Options):
     model, why = (opts.model, "--model") if opts.model else default_model(opts.resolution)
     backend = registry.get(opts.runtime) if opts.runtime else None if Path(model).is_dir() else registry.for_path(model)
     # Offline, frames are independent: OpenVINO's throughput mode keeps one request per stream in flight.
-    options = {"mode": "throughput"} if not opts.stream and backend is not None and "mode" in backend.options else {}
+    # One face drives every frame: a runner that can, runs the encoder on it once (hold_source).
+    declared = backend.options if backend is not None else ()
+    options = {"mode": "throughput"} if not opts.stream and "mode" in declared else {}
+    options |= {"hold_source": True} if "hold_source" in declared else {}
     runner = open_runner(model, threads=opts.threads, precision=opts.precision, runtime=opts.runtime, **options)
     try:
         runner.activate()
@@ -210,7 +213,7 @@ class Job:
 
     def writer(self) -> media.Mp4Writer:
         width = self.resolution * (2 if self.opts.side_by_side else 1)
-        return media.Mp4Writer(self.opts.output, self.opts.fps, width, self.resolution)
+        return media.Mp4Writer(self.opts.output, self.opts.fps, width, self.resolution, live=self.opts.stream)
 
     def close(self) -> None:
         self.runner.close()
