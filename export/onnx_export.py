@@ -30,7 +30,7 @@ from amnet.core.artifacts import Stage
 from amnet.core.errors import ArtifactError
 from amnet.core.fileio import atomic_write
 from amnet.model import AMNet, FuserHalf, ReenactorHalf
-from export.subpixel import subpixel_upsampling
+from export.subpixel import convertible, subpixel_upsampling
 
 OPSET = 17
 PARTS = ("full", "fuser", "reenactor")
@@ -160,7 +160,9 @@ def export_one(model: AMNet, stage: Stage, part: str, batch: int | None, resolut
         "precision": "fp32", "opset": str(OPSET), "landmarks": str(model.config.landmarks),
         "audio_delta": model.config.audio_delta, "simplified": str(simplify).lower(),
         "gc_smoothing": str(getattr(model, "gc_smoothing", None) or "none"),
-        "upsampling": "subpixel",  # the decoder's ConvTranspose as Conv + DepthToSpace (export/subpixel.py)
+        # the decoder's ConvTranspose as Conv + DepthToSpace (export/subpixel.py), where ψ is in the file
+        "upsampling": "none" if part == "fuser" else "subpixel" if any(
+            convertible(m) for m in model.reenactor.decoder) else "transpose",
     })
     name = artifact_name(part, batch, res, gc_form, smoothed=bool(getattr(model, "gc_smoothing", None)))
     pending = save_onnx(proto, stage.path(name))

@@ -63,11 +63,13 @@ def subpixel_upsampling(model):
     (``/reenactor/decoder/decoder.0/``) that INT8 scopes and `diagnose` probes name.
     """
     decoder = model.reenactor.decoder
-    originals = {i: m for i, m in enumerate(decoder) if convertible(m)}
-    for i, m in originals.items():
-        decoder[i] = SubPixelConvTranspose(m)
+    swapped: dict[int, nn.Module] = {}
     try:
+        for i, m in enumerate(decoder):
+            if convertible(m):
+                decoder[i] = SubPixelConvTranspose(m)
+                swapped[i] = m
         yield model
     finally:
-        for i, m in originals.items():
+        for i, m in swapped.items():
             decoder[i] = m

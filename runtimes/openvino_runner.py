@@ -73,9 +73,9 @@ class OpenVinoRunner(Runner):
         self.inputs = [TensorSpec(i.get_any_name(), tuple(d.get_length() if d.is_static else None
                                                           for d in i.get_partial_shape()))
                        for i in model.inputs]
-        split = split_at_source(core, self.path) if self.hold_source else None
+        split = split_at_source(core, self.path, model) if self.hold_source else None
         try:
-            if split:
+            if split:  # the driven part's settings: INT8 kernels round by thread layout, and the split must not
                 self.source_request = core.compile_model(split[0], "CPU", config).create_infer_request()
             self.compiled = core.compile_model(split[1] if split else model, "CPU", config)
         except Exception as e:  # noqa: BLE001
@@ -87,6 +87,11 @@ class OpenVinoRunner(Runner):
 
     def _close(self):
         self.request = self.compiled = self.source_request = self._held = None
+
+    @property
+    def holds_source(self) -> bool:
+        """hold_source was asked for and the IR could be split (else every call runs the whole graph)."""
+        return self.source_request is not None
 
     def _driven(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """hold_source: the feeds of the driven part, the source replaced by its features (run once per source)."""
@@ -153,29 +158,41 @@ class OpenVinoRunner(Runner):
         return int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
 
-def split_at_source(core, xml):
-    """(source → cell 0 output, everything else with that output as input 'source_features'), or None when
-    the graph has no such cut (a fuser-only IR, or a graph where a drive signal reaches the encoder)."""
+def split_at_source(core, xml, tail_model):
+    """(source → cell 0 output, `tail_model` changed to take that output as input 'source_features'), or None
+    when the graph has no such cut (a fuser-only IR, or a graph where a drive signal reaches the encoder).
+
+    The precision reports of a split runner (`compute_precision`, `executed_precisions`) cover the driven part.
+    """
     import openvino.opset13 as ops
 
     def cut(model):
         return next((n for n in model.get_ordered_ops() if n.get_friendly_name() == SOURCE_CUT), None)
 
-    head_model, tail_model = core.read_model(str(xml)), core.read_model(str(xml))
-    head_cut, tail_cut = cut(head_model), cut(tail_model)
+    tail_cut = cut(tail_model)
+    if tail_cut is None:
+        return None
+    head_model = core.read_model(str(xml))
+    head_cut = cut(head_model)
     sources = [p for p in head_model.get_parameters() if "source" in p.output(0).get_names()]
-    if head_cut is None or not sources:
+    if not sources:
+        return None
+    try:  # each part must be closed over its parameters: OV refuses a model that reaches an undeclared one
+        head = _ov().Model([ops.result(head_cut.output(0))], sources, "source")
+    except Exception:  # noqa: BLE001 - a drive signal reaches the encoder: no cut here
         return None
     features = ops.parameter(tail_cut.output(0).get_partial_shape(), tail_cut.output(0).get_element_type(),
                              name="source_features")
     features.output(0).set_names({"source_features"})
-    for consumer in list(tail_cut.output(0).get_target_inputs()):
+    consumers = list(tail_cut.output(0).get_target_inputs())
+    for consumer in consumers:
         consumer.replace_source_output(features.output(0))
-    try:  # each part must be closed over its parameters: OV refuses a model that reaches an undeclared one
-        head = _ov().Model([ops.result(head_cut.output(0))], sources, "source")
+    try:
         tail = _ov().Model(tail_model.get_results(), [p for p in tail_model.get_parameters()
                                                       if "source" not in p.output(0).get_names()] + [features], "driven")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the source reaches past cell 0: undo, the whole graph runs
+        for consumer in consumers:
+            consumer.replace_source_output(tail_cut.output(0))
         return None
     return head, tail
 

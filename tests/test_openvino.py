@@ -164,8 +164,11 @@ def test_hold_source_runs_the_encoder_once_per_face_and_changes_nothing(ov_build
         monkeypatch.setattr(held.source_request, "infer", lambda f: source_runs.append(1) or infer(f), raising=False)
         want = plain.infer_many(items) if mode == "throughput" else [plain.infer(i) for i in items]
         got = held.infer_many(items) if mode == "throughput" else [held.infer(i) for i in items]
+        assert held.holds_source and not plain.holds_source
+        exact = held.compute_precision == "f32"  # bf16 float parts may round the cut tensor where it is fused
     for w, g in zip(want, got):
-        assert np.array_equal(w["face"], g["face"]) and np.array_equal(w["landmarks"], g["landmarks"])
+        for out in ("face", "landmarks"):
+            np.testing.assert_allclose(g[out], w[out], rtol=0, atol=0 if exact else 2e-2)
     assert len(source_runs) == 3  # face A, face B, face A again: once per change of face
 
 

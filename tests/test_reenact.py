@@ -186,6 +186,17 @@ def test_stream_emits_the_offline_frames_after_the_floor(face, tmp_path, capsys,
     assert diff < 1.0
 
 
+def test_drop_late_computes_the_oldest_frame_not_yet_late():
+    from amnet.reenact.run import next_frame
+
+    period = 0.04
+    waited = {3: 0.095, 4: 0.055, 5: 0.015, 6: 0.0}.get  # frames 3–6 ready, 3 and 4 over a period late
+    assert next_frame(3, 7, waited, period, drop_late=False) == 3  # without it: in order, whatever the wait
+    assert next_frame(3, 7, waited, period, drop_late=True) == 5
+    assert next_frame(3, 5, waited, period, drop_late=True) == 4  # all late: the newest, shown for the others
+    assert next_frame(5, 6, waited, period, drop_late=True) == 5
+
+
 def test_a_live_writer_codes_each_frame_when_given(tmp_path):
     """--stream measures latency to the encoded frame: with lookahead the packet would come frames later."""
     from amnet.reenact.media import Mp4Writer, video_encoder

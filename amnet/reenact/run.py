@@ -152,6 +152,7 @@ class Job:
             self.resolution = model_resolution(self.runner, opts.resolution)
             self.delta = self.runner.metadata.get("audio_delta") or "official"
             self.batch = self.runner.inputs[0].batch
+            self.source_held = bool(getattr(self.runner, "holds_source", False))  # encoder run once per face
             self.source_feed = to_float(self.source.crop[None], self.resolution)
             # Setup, not per-frame work: the feature basis (the first use imports librosa, ~2 s) and one
             # inference (runtimes compile lazily). A live stream must not pay either once audio flows.
@@ -236,7 +237,7 @@ def reenact(opts: Options) -> dict:
                "fps_end_to_end": round(frames / wall, 2) if wall else None,
                "split_s": {"features": round(t.features, 3), "model": round(t.model, 3), "encode": round(t.encode, 3)},
                "mode": "stream" if opts.stream else "offline", "audio_delta": job.delta,
-               "source_frame": job.source.frame}
+               "source_frame": job.source.frame, "source_held": job.source_held}
     if t.latency:
         lat, floor = np.array(t.latency) * 1000, np.array(t.floor) * 1000
         summary["latency_ms"] = {"p50": round(float(np.percentile(lat, 50)), 1),
@@ -345,11 +346,9 @@ def stream(job: Job) -> int:
             if ready_frames > done:
                 # One frame per pass, encoded at once: a frame never waits for a later one's inference.
                 audio_end = feats.samples / speech.SAMPLE_RATE if ended else float("inf")
-                frame = done
-                if opts.drop_late:  # the oldest frame not yet a frame period late, else the newest
-                    now, late = time.perf_counter(), 1 / opts.fps
-                    frame = next((i for i in range(done, ready_frames) if now - clock["start"] - min(
-                        speech.window_ready_seconds(i, opts.fps, job.delta), audio_end) <= late), ready_frames - 1)
+                now = time.perf_counter()
+                frame = next_frame(done, ready_frames, lambda i: now - clock["start"] - min(
+                    speech.window_ready_seconds(i, opts.fps, job.delta), audio_end), 1 / opts.fps, opts.drop_late)
                 face = job.infer(job.feeds(lambda i: feats.window(i, opts.fps), [frame], pose, eye))
                 image = job.compose(face, [frame], crops)[0]
                 t = time.perf_counter()
@@ -367,6 +366,14 @@ def stream(job: Job) -> int:
                 if done == 0:
                     raise InputError("the audio stream ended before one frame's window was complete")
                 return out.frames
+
+
+def next_frame(done: int, ready: int, waited, period: float, drop_late: bool) -> int:
+    """The frame to compute next of the ready ones [done, ready): the oldest; with drop_late the oldest that has
+    waited (`waited(i)`, seconds since its window was complete) at most a frame period, else the newest."""
+    if not drop_late:
+        return done
+    return next((i for i in range(done, ready) if waited(i) <= period), ready - 1)
 
 
 def _take(chunks: queue.Queue, block: bool) -> list:
