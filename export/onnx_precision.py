@@ -111,15 +111,16 @@ def precision_proto(fp32: Path, precision: str, calib_samples: int, scope: Scope
 
 def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     """The onnxruntime backend's builder: FP16 and Q/DQ INT8 ONNX (what TensorRT builds from), runnable on any CPU."""
-    from amnet.core.progress import progress_bar
+    from amnet.core.progress import progress_bar, quiet_output
 
     jobs = [(f, p) for f in onnx_files for p in opts.precisions if p != Precision.FP32]
     with Stage(out_dir) as stage:
         for fp32, precision in progress_bar(jobs, desc="onnx precision", disable=not opts.progress, unit="file"):
             meta = read_export_metadata(fp32)
             name = precision_name(artifacts.logical_name(fp32), str(precision))
-            pending = save_onnx(precision_proto(fp32, precision, opts.calib_samples, load_scope(opts.int8_scope)),
-                                stage.path(name))
+            with quiet_output(not opts.progress):
+                proto = precision_proto(fp32, precision, opts.calib_samples, load_scope(opts.int8_scope))
+            pending = save_onnx(proto, stage.path(name))
             stage.add({"name": name, "runtime": "onnxruntime", "part": "full", "gc_form": meta["gc_form"],
                        "batch": meta["batch"], "resolution": meta["resolution"], "precision": str(precision),
                        "audio_delta": meta["audio_delta"], **gc_smoothing(read_metadata(fp32)),

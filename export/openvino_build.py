@@ -71,7 +71,7 @@ def quantize(ov_model, items: list[dict], preset: str, accuracy_control: bool, m
 def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     """The openvino backend's builder: one IR (.xml + .bin, published together) per ONNX file and precision."""
     ov = _ov()
-    from amnet.core.progress import progress_bar
+    from amnet.core.progress import progress_bar, quiet_output
 
     from amnet.realdata import calibration_batches
     from runtimes.openvino_runner import OpenVinoRunner
@@ -88,7 +88,9 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
                 items = calibration_batches(names, meta["resolution"], opts.calib_samples, meta["batch"])
                 # Accuracy control validates on calibration inputs: the held-out split stays for the parity gate.
                 validation = items[-max(1, 16 // meta["batch"]):] if opts.accuracy_control else None
-                model = quantize(model, items, opts.preset, opts.accuracy_control, opts.max_drop, validation, scope)
+                with quiet_output(not opts.progress):
+                    model = quantize(model, items, opts.preset, opts.accuracy_control, opts.max_drop, validation,
+                                     scope)
                 rt_info["calibration"] = json.dumps({"samples": len(items) * meta["batch"], "preset": opts.preset,
                                                      "accuracy_control": opts.accuracy_control,
                                                      "max_drop_db": opts.max_drop, "kept_float": scope.describe()})

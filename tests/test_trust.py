@@ -496,3 +496,29 @@ def test_an_empty_image_is_one_line(checkpoint_file, tmp_path, capsys):
     assert main(["infer", str(checkpoint_file), "--inputs", str(tmp_path / "in.npz"),
                  "--output", str(tmp_path / "o.npz")]) == 2
     assert "no values" in capsys.readouterr().err
+
+
+def test_quiet_drops_what_third_party_steps_print_and_keeps_errors(capfd):
+    """--quiet builds: NNCF draws rich progress bars and ONNX Runtime prints and logs while calibrating."""
+    import logging
+
+    from rich.progress import track
+
+    from amnet.core.progress import quiet_output
+
+    def noisy_step():
+        print("Collecting tensor data")
+        logging.warning("Please consider pre-processing")
+        for _ in track(range(3), description="Statistics collection"):
+            pass
+
+    with quiet_output(True):
+        noisy_step()
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(ValueError), quiet_output(True):
+        raise ValueError("a failure is still raised")
+    assert logging.root.manager.disable == logging.NOTSET  # logging comes back after the block
+    with quiet_output(False):
+        noisy_step()
+    out = capfd.readouterr()
+    assert "Collecting tensor data" in out.out and "Statistics collection" in out.out + out.err

@@ -1,4 +1,9 @@
 """Progress bars when tqdm is installed; plain iteration where it is not (the GPU check machines)."""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
 
 def progress_bar(iterable, **kwargs):
@@ -7,3 +12,19 @@ def progress_bar(iterable, **kwargs):
     except ImportError:
         return iterable
     return tqdm(iterable, **kwargs)
+
+
+@contextmanager
+def quiet_output(quiet: bool):
+    """Under --quiet, what a third-party step prints is dropped: NNCF's progress bars, ONNX Runtime's
+    calibration lines and warnings. Errors still surface, as exceptions."""
+    if not quiet:
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
+            yield
+    finally:
+        logging.disable(previous)
