@@ -128,3 +128,18 @@ def test_bench_per_isa_cap(small_build, checkpoint_file):
         assert r["ratio_vs_eager"] == pytest.approx(r["fps"] / eager["fps"])  # within one cap
     with pytest.raises(InputError, match="AVX1024"):
         bench(variants, None, 32, isas=("AVX1024",), progress=False)
+
+
+def test_the_cpu_is_named_with_its_family_model_and_core():
+    from amnet.core.cpu import describe_cpu
+
+    def info(vendor, name, family, model, flags="fpu avx2"):
+        return (f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+                f"model name\t: {name}\nflags\t\t: {flags}\n\nprocessor\t: 1\nmodel name\t: other\n")
+
+    assert describe_cpu(info("AuthenticAMD", "AMD EPYC", 25, 1)) == \
+        ("AMD EPYC (family 25, model 1: Zen 3)", {"fpu", "avx2"})
+    assert describe_cpu(info("AuthenticAMD", "AMD EPYC", 25, 17))[0] == "AMD EPYC (family 25, model 17: Zen 4)"
+    assert describe_cpu(info("GenuineIntel", "Intel(R) Xeon(R) Platinum 8480+", 6, 143))[0] == \
+        "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143)"  # no guess where no table is kept
+    assert describe_cpu("model name\t: Some CPU\nflags\t: sse2\n") == ("Some CPU", {"sse2"})

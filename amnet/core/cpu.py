@@ -35,17 +35,37 @@ FLOAT_PRECISIONS = ("auto", "f32", "bf16")
 FLOAT_PRECISION_ENV = "AMNET_FLOAT_PRECISION"  # `--float-precision` sets it, so benchmark children inherit it
 
 
+# AMD's (family, model range) → core generation: "AMD EPYC" alone does not say Zen 3 (AVX2) from Zen 4 (AVX-512).
+AMD_CORES = ((23, range(0x00, 0x30), "Zen/Zen+"), (23, range(0x30, 0x100), "Zen 2"),
+             (25, range(0x00, 0x10), "Zen 3"), (25, range(0x10, 0x20), "Zen 4"), (25, range(0x20, 0x60), "Zen 3"),
+             (25, range(0x60, 0x80), "Zen 4"), (25, range(0xA0, 0xB0), "Zen 4"), (26, range(0x00, 0x100), "Zen 5"))
+
+
+def describe_cpu(cpuinfo: str) -> tuple[str, set[str]]:
+    """/proc/cpuinfo text → ("AMD EPYC (family 25, model 1: Zen 3)", flags) from its first processor."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor is enough
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "")
+    family, model = fields.get("cpu family", ""), fields.get("model", "")
+    if family.isdigit() and model.isdigit():
+        core = next((c for f, models, c in AMD_CORES if fields.get("vendor_id") == "AuthenticAMD"
+                     and int(family) == f and int(model) in models), None)
+        name = f"{name} (family {family}, model {model}{f': {core}' if core else ''})".strip()
+    return name, set(fields.get("flags", "").split())
+
+
 def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+        name, flags = describe_cpu(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return model, flags
+        name, flags = "", set()
+    return name or platform.processor(), flags
 
 
 def isa_cap() -> str | None:
