@@ -54,7 +54,9 @@ def collect_variants(build_dir: Path, resolution: int | None = None) -> list[Var
     for a in arts:
         if a["part"] != "full" or (resolution and a.get("resolution") != resolution):
             continue
-        tag = ("gcs-" if a.get("gc_smoothing") else "") + ("dyn" if a.get("batch") is None else f"b{a['batch']}")
+        # The forms that can share a folder get their own names: GC-smoothed, and elementwise GC at a fixed batch.
+        ew = "ew-" if a.get("gc_form") == "elementwise" and a.get("batch") is not None else ""
+        tag = ("gcs-" if a.get("gc_smoothing") else "") + ew + ("dyn" if a.get("batch") is None else f"b{a['batch']}")
         out.append(Variant(f"{a['runtime']}-{a['precision']}-{tag}-r{a['resolution']}", a["runtime"], a["precision"],
                            build_dir / a["file"], a.get("batch"), a.get("resolution"), a))
     return out

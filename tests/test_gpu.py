@@ -234,6 +234,9 @@ def test_elementwise_gc_export_for_tensorrt(small_model, tmp_path):
     ew = export_file(small_model, tmp_path, "full", 2, 32, gc_form="elementwise")
     grouped = export_file(small_model, tmp_path, "full", 2, 32)
     assert "_ew." in ew.name
+    from benchmarks.parity import collect_variants
+
+    assert sorted(v.name for v in collect_variants(tmp_path)) == ["onnxruntime-fp32-b2-r32", "onnxruntime-fp32-ew-b2-r32"]
     proto = onnx.load(str(ew))
     inits = {i.name for i in proto.graph.initializer}
     assert all(n.input[1] in inits for n in proto.graph.node if n.op_type == "Conv")
