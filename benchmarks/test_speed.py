@@ -66,8 +66,8 @@ def test_openvino(benchmark, setup, variant):
     from runtimes.registry import open_runner
 
     r, d, _, feeds = setup
-    _bench(benchmark, open_runner(d / f"amnet_full_b1_r{r}_ov_{variant}.xml".replace("_ov_gcs_", "_gcs_ov_"),
-                                  threads=THREADS), feeds)
+    suffix = {"fp32": "_ov_fp32", "int8": "_ov_int8", "gcs_int8": "_gcs_ov_int8"}[variant]
+    _bench(benchmark, open_runner(d / f"amnet_full_b1_r{r}{suffix}.xml", threads=THREADS), feeds)
 
 
 @pytest.mark.parametrize("mode", ["offline", "stream", "stream-drop-late"])

@@ -28,7 +28,7 @@ from amnet.core.artifacts import Precision, Stage
 from amnet.core.errors import InputError, RuntimeMissing
 from amnet.core.fileio import file_sha256, tool_versions
 from export.int8_scope import Scope, load_scope
-from export.onnx_export import gc_smoothing, read_export_metadata, read_metadata, save_onnx, set_metadata
+from export.onnx_export import gc_smoothing, read_export_metadata, save_onnx, set_metadata
 
 # FP16 keeps the GC path, the fuser and the two image-facing convs (first encoder conv, last decoder conv)
 # in float32, as the TorchScript exporter names them.
@@ -123,6 +123,6 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
             pending = save_onnx(proto, stage.path(name))
             stage.add({"name": name, "runtime": "onnxruntime", "part": "full", "gc_form": meta["gc_form"],
                        "batch": meta["batch"], "resolution": meta["resolution"], "precision": str(precision),
-                       "audio_delta": meta["audio_delta"], **gc_smoothing(read_metadata(fp32)),
+                       "audio_delta": meta["audio_delta"], **gc_smoothing(meta),
                        "from": artifacts.logical_name(fp32), "from_sha256": file_sha256(fp32)}, [pending])
         return artifacts.publish(stage, {"versions": tool_versions("onnx", "onnxruntime")})

@@ -118,7 +118,7 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
     A scope measured on a GC-smoothed export (`export --smooth-gc α`) builds only from an export smoothed alike.
     """
     from export.int8_scope import load_scope
-    from export.onnx_export import read_export_metadata, read_metadata
+    from export.onnx_export import read_export_metadata
 
     smooth = load_scope(opts.int8_scope).smooth_gc
     if not model_path.exists():
@@ -131,7 +131,7 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
         if meta["part"] != "full" or meta["precision"] != "fp32":
             raise InputError(f"{model_path.name} is the {meta['part']} {meta['precision']} model: "
                              "builds start from the full-model fp32 export")
-        have = read_metadata(model_path).get("gc_smoothing", "none")
+        have = meta.get("gc_smoothing", "none")
         if smooth is not None and (have == "none" or float(have) != float(smooth)):
             raise InputError(f"{opts.int8_scope} was measured on an export with `--smooth-gc {smooth}`; "
                              f"{model_path.name} has gc_smoothing={have}: re-export with "

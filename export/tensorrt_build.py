@@ -129,7 +129,7 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
     import_cudart()
     from amnet.core.progress import progress_bar
 
-    from export.onnx_export import gc_smoothing, read_export_metadata, read_metadata
+    from export.onnx_export import gc_smoothing, read_export_metadata
 
     gpu = gpu_name()
     workspace = WORKSPACE_BYTES
@@ -158,7 +158,7 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
             write_sidecar(engine, side)
             stage.add({"name": name, "runtime": "tensorrt", "part": "full", "gc_form": meta["gc_form"],
                        "batch": meta["batch"], "resolution": meta["resolution"], "precision": str(precision),
-                       "audio_delta": meta["audio_delta"], **gc_smoothing(read_metadata(fp32)),
+                       "audio_delta": meta["audio_delta"], **gc_smoothing(meta),
                        "from": artifacts.logical_name(fp32), "from_sha256": file_sha256(fp32), "tensorrt": side},
                       [engine, engine.with_name(engine.name + ".json")])
         return artifacts.publish(stage, {"versions": tool_versions("onnx", "onnxruntime", "tensorrt", "cuda-python")})
