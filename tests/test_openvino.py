@@ -222,3 +222,27 @@ def test_layer_profile_shows_what_ran_int8(ov_build):
     assert not any("I8" in k for k in kernels["conv reading a GC output"])
     assert any("I8" in k for k in kernels["other conv"])
     assert main([str(d / arts["int8"]["name"]), "--runs", "1"]) == 0  # the logical name resolves
+
+
+def test_the_gate_checks_throughput_mode_too(ov_build, heldout_ref, limits, monkeypatch):
+    """INT8 kernels round by thread layout, so throughput mode (which `choose` may recommend) is gated too."""
+    from benchmarks import parity
+
+    d, arts = ov_build
+    feeds, ref = heldout_ref
+    feeds = {k: feeds[k] for k in ("source", "audio", "pose", "eye")}
+    int8 = [v for v in parity.collect_variants(d, 128) if v.runtime == "openvino" and v.precision == "int8"]
+    [row] = parity.evaluate(int8, feeds, ref, limits, threads=2, faces=False, progress=False)
+    assert set(row["modes"]) == {"latency", "throughput"} and row["passed"], row["failures"]
+    assert row["modes"]["throughput"]["psnr"] >= limits.for_variant("openvino", "int8")["face.psnr_min"]
+
+    real = parity.run_throughput  # now throughput mode alone drifts: the variant must fail, naming the mode
+
+    def drifting(runner, f, batch):
+        out = real(runner, f, batch)
+        return {**out, "face": out["face"] + np.float32(0.1)}
+
+    monkeypatch.setattr(parity, "run_throughput", drifting)
+    [row] = parity.evaluate(int8, feeds, ref, limits, threads=2, faces=False, progress=False)
+    assert not row["passed"] and row["modes"]["latency"]["passed"] and not row["modes"]["throughput"]["passed"]
+    assert row["failures"] and all(f.startswith("throughput mode: ") for f in row["failures"])
