@@ -321,6 +321,7 @@ def stream(job: Job) -> int:
     threading.Thread(target=read, daemon=True, name="audio").start()
     feats = speech.SpeechFeatures(job.delta, floor="causal")
     done = ready_frames = 0  # frames encoded; frames whose windows are complete
+    heard: list[np.ndarray] = []  # audio received, not yet encoded
     ended = False
     with job.writer() as out:
         while True:
@@ -360,8 +361,12 @@ def stream(job: Job) -> int:
                 job.timings.encode += time.perf_counter() - t
                 job.timings.dropped += frame - done
                 done = frame + 1
-            for a in arrived:
-                out.add_audio(a)
+            heard += arrived
+            if heard and (done == ready_frames or ended):  # the sound waits while a frame does (one call, not one
+                t = time.perf_counter()                   # per 6 ms chunk: each costs ~0.7 ms of AAC overhead)
+                out.add_audio(np.concatenate(heard))
+                heard = []
+                job.timings.encode += time.perf_counter() - t
             if ended and done == ready_frames:
                 if done == 0:
                     raise InputError("the audio stream ended before one frame's window was complete")
