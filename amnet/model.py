@@ -35,6 +35,14 @@ class AMNetConfig:
             raise InputError(f"GC kernel must be 1 or 3, got {self.kernel}")
         if self.audio_delta not in AUDIO_DELTAS:
             raise InputError(f"audio_delta must be one of {AUDIO_DELTAS}, got {self.audio_delta!r}")
+        for name in ("landmarks", "resolution"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 8192:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if self.landmarks % 2:
+            raise InputError(f"landmarks must be even (x, y per point), got {self.landmarks}")
+        if not isinstance(self.extra, dict):
+            raise InputError(f"extra must be a mapping, got {type(self.extra).__name__}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,7 +21,7 @@ import numpy as np
 
 from amnet.core.errors import InputError
 
-from amnet.speech import SAMPLE_RATE
+from amnet.speech import SAMPLE_RATE, check_speech
 
 CROP = 256
 # OpenCV's FFmpeg prints demuxer complaints ("moov atom not found") to stderr; our errors are one line of our own.
@@ -213,6 +213,7 @@ def extract(video: str | os.PathLike, audio: str | os.PathLike, delta: str = "of
 
     images, fps = read_video(video)
     wav, sr = load_audio(audio)
+    check_speech(wav if wav.ndim == 1 else wav.mean(axis=1), audio, sr)  # as `reenact` checks it
     feats = audio_features(wav, sr, delta)
     analyzer = analyzer or FaceAnalyzer()
     out = {k: [] for k in ("face", "audio", "pose", "eye", "landmarks", "frame")}

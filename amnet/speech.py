@@ -218,3 +218,19 @@ def window_ready_seconds(frame: int, fps: float, delta_convention: str = "offici
 def video_frames(samples: int, fps: float) -> int:
     """Video frames whose centre lies inside the audio: ⌈duration · fps⌉."""
     return int(np.ceil(samples / SAMPLE_RATE * fps - 1e-9))
+
+
+SILENCE = 1e-3  # peak below -60 dBFS: nothing to drive the mouth with
+
+
+def check_speech(samples: np.ndarray, name, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Speech samples fit to drive a face: at least 0.1 s, finite, not silent; else one InputError."""
+    from amnet.core.errors import InputError
+
+    if len(samples) < rate // 10:
+        raise InputError(f"{name}: {len(samples) / rate:.2f} s of audio, need at least 0.1 s")
+    if not np.isfinite(samples).all():
+        raise InputError(f"{name} holds NaN or infinite samples")
+    if np.abs(samples).max() < SILENCE:
+        raise InputError(f"{name} is silent (peak below -60 dBFS): nothing to drive the mouth with")
+    return samples

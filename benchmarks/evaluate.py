@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.core.errors import RuntimeMissing
+from amnet.core.errors import InputError, RuntimeMissing
 from amnet.core.fileio import load_npz
 
 
@@ -16,9 +16,13 @@ def evaluate(model, resolution: int = 128, grid: Path | None = None, train: Path
     from benchmarks.parity import face_checks
     from runtimes.pytorch_runner import reference_outputs
 
+    frames = _training_frames(train) if train is not None else None  # checked before the minutes of work
     data = load_inputs("heldout", resolution)
     out = reference_outputs(model, data, gc_form="grouped")  # the loop's function (tested), one conv per GC
     face, target, source = out["face"], data["target"], data["source"]
+    if not np.isfinite(face).all():
+        raise InputError(f"the checkpoint produced {int((~np.isfinite(face)).sum())} non-finite pixels: its weights "
+                         "are broken, there is nothing to score")
     found = face_checks(target, face)  # detection on the real targets and on the generated faces
     if found.get("reference_detected") is None:
         raise RuntimeMissing(f"face detection unavailable: {found['unavailable']}")
@@ -30,13 +34,24 @@ def evaluate(model, resolution: int = 128, grid: Path | None = None, train: Path
               "dlib_detection_rate_generated": found["variant_detected"] / len(face),
               "dlib_detection_rate_real_targets": found["reference_detected"] / len(face)}
     if train is not None:
-        result["ssim_retrieval_ceiling"] = retrieval_ceiling(target, identity, train, resolution)
+        result["ssim_retrieval_ceiling"] = retrieval_ceiling(target, identity, frames, resolution)
     if grid is not None:
         save_grid(source, target, face, grid)
     return result
 
 
-def retrieval_ceiling(target: np.ndarray, identity: np.ndarray, train: Path, resolution: int) -> dict:
+def _training_frames(train: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(faces, identity) of a training npz, or one InputError saying what it lacks."""
+    t = load_npz(train)
+    faces, ids = t.get("face"), t.get("identity")
+    if faces is None or ids is None or faces.ndim != 4 or ids.ndim != 1 or len(faces) != len(ids) or not len(ids):
+        raise InputError(f"{Path(train).name} is not a training set from `amnet-deploy dataset` (it needs 'face' "
+                         "N×H×W×3 and 'identity' N)")
+    return faces, ids
+
+
+def retrieval_ceiling(target: np.ndarray, identity: np.ndarray, frames: tuple[np.ndarray, np.ndarray],
+                      resolution: int) -> dict:
     """SSIM of each held-out target vs its best-matching training frame of the same person, averaged.
 
     What a model that only recalls training frames could score at best: a bar at or above it asks the
@@ -45,8 +60,7 @@ def retrieval_ceiling(target: np.ndarray, identity: np.ndarray, train: Path, res
     from amnet.realdata import to_float
     from amnet.core.metrics import ssim_per_image
 
-    t = load_npz(train)
-    faces, ids = t["face"], t["identity"]
+    faces, ids = frames
     best = np.empty(len(target))
     for person in np.unique(identity):
         frames = to_float(faces[ids == person], resolution)

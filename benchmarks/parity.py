@@ -25,7 +25,7 @@ import numpy as np
 
 from amnet.core import artifacts
 from amnet.core.errors import AmnetError, InputError
-from amnet.core.fileio import atomic_write, write_text
+from amnet.core.fileio import atomic_write, check_output_path, write_text
 from amnet.core.limits import FACE_CHECKS, parse_key
 from amnet.core.metrics import compare
 from amnet.core.runner import MODEL_INPUTS, run_in_chunks
@@ -89,6 +89,8 @@ def judge(metrics: dict, limits: dict, waived: tuple[str, ...] = ()) -> tuple[li
             continue
         if (kind == "max" and value > limit) or (kind == "min" and value < limit):
             failures.append(f"{out}.{metric} {value:.4g} {'>' if kind == 'max' else '<'} {limit:g}")
+    if limits and len(skipped) == len(limits):  # a gate that compared nothing has not passed anything
+        failures.append(f"every check was waived ({', '.join(skipped)}): nothing was compared")
     return failures, skipped
 
 
@@ -225,6 +227,11 @@ def _check_mode(v: Variant, mode: str | None, feeds: dict, reference: dict, limi
     bad = nonfinite(out)
     if bad:
         return {"failures": [f"output {bad}"]}
+    wrong = [f"output {k} is {'×'.join(map(str, out[k].shape))}, the reference's "
+             f"{'×'.join(map(str, reference[k].shape))}"
+             for k in ("face", "landmarks") if out[k].shape != reference[k].shape]
+    if wrong:  # another model's outputs: nothing comparable
+        return {"failures": wrong}
     metrics = {k: compare(reference[k], out[k], image=(k == "face")) for k in ("face", "landmarks")}
     checked = {"actual_precision": precision, "metrics": metrics, "_outputs": out}
     if faces:
@@ -271,13 +278,17 @@ def write_reports(results: list[dict], reference: dict, out_dir: Path, header: d
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     report = {**header, "variants": clean, "passed": all(r["passed"] for r in results)}
     paths = {"json": out_dir / "parity.json", "markdown": out_dir / "parity.md", "junit": out_dir / "parity.junit.xml"}
-    write_text(paths["json"], json.dumps(report, indent=1, default=float) + "\n")
+    pngs = {r["variant"]: out_dir / f"parity_{r['variant']}.png" for r in results if "_outputs" in r}
+    for path in [*paths.values(), *pngs.values()]:  # every name writable before any is written
+        check_output_path(path)
+    paths["json"].unlink(missing_ok=True)  # the verdict last: a write failing midway leaves none, not an old one
     write_text(paths["markdown"], markdown(report))
     atomic_write(paths["junit"], lambda t: Path(t).write_bytes(junit(clean)))
     for r in results:
-        if "_outputs" in r:
+        if r["variant"] in pngs:
             paths[f"png:{r['variant']}"] = diff_png(reference["face"], r["_outputs"]["face"], r["variant"],
-                                                    out_dir / f"parity_{r['variant']}.png")
+                                                    pngs[r["variant"]])
+    write_text(paths["json"], json.dumps(report, indent=1, default=float) + "\n")
     return paths
 
 

@@ -136,6 +136,9 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
             raise InputError(f"{opts.int8_scope} was measured on an export with `--smooth-gc {smooth}`; "
                              f"{model_path.name} has gc_smoothing={have}: re-export with "
                              f"`amnet-deploy export --smooth-gc {smooth}`")
+        found = artifacts.entry_for(model_path)
+        if found is not None:
+            _refuse_failed_exports(found[0], [found[1]])
         return [model_path]
     if model_path.is_dir():  # the manifest records each export's smoothing: no file needs opening to match it
         files = _fp32_exports(model_path, artifacts.read(model_path), opts, smooth)
@@ -148,17 +151,23 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
         return files
     manifest = export_checkpoint(model_path, out_dir, ExportOptions(  # smoothed as the INT8 scope was measured
         opts.batches, opts.resolution, progress=opts.progress, gc_form=opts.gc_form, smooth_gc=smooth))
-    failed = [a["name"] for a in manifest["artifacts"] if a.get("parity", {}).get("passed") is False]
-    if failed:
-        raise ArtifactError(f"the export of {model_path.name} failed its ONNX parity check ({', '.join(failed)}): "
-                            "nothing built from it")
-    return _fp32_exports(out_dir, manifest, opts, smooth)
+    return _fp32_exports(out_dir, manifest, opts, smooth)  # refuses what failed the export's parity check
 
 
 def _fp32_exports(folder: Path, manifest: dict, opts: BuildOptions, smooth: float | None) -> list[Path]:
     """The full-model FP32 ONNX files of a manifest that match the build's batches, resolution, GC form and
     smoothing."""
-    return [folder / a["file"] for a in manifest["artifacts"] if a["part"] == "full" and a["runtime"] == "onnxruntime"
-            and a["precision"] == "fp32" and a.get("batch") in opts.batches
-            and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form
-            and a.get("gc_smoothing") == smooth]
+    chosen = [a for a in manifest["artifacts"] if a["part"] == "full" and a["runtime"] == "onnxruntime"
+              and a["precision"] == "fp32" and a.get("batch") in opts.batches
+              and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form
+              and a.get("gc_smoothing") == smooth]
+    _refuse_failed_exports(folder, chosen)
+    return [folder / a["file"] for a in chosen]
+
+
+def _refuse_failed_exports(where, entries: list[dict]) -> None:
+    """An export whose own ONNX-vs-PyTorch parity check failed is never built from."""
+    failed = [a["name"] for a in entries if isinstance(a.get("parity"), dict) and a["parity"].get("passed") is not True]
+    if failed:
+        raise ArtifactError(f"{', '.join(failed)} in {where} failed the ONNX parity check of its export (see "
+                            f"its manifest entry): nothing is built from it; fix the checkpoint and export again")

@@ -23,6 +23,7 @@ import numpy as np
 from amnet.core.errors import AmnetError, ArtifactError, InputError
 from amnet.core.fileio import lazy_import
 from amnet.core.cpu import float_precision
+from amnet.core.progress import native_stderr_dropped
 from amnet.core.runner import Runner, TensorSpec, check_feeds
 
 SOURCE_CUT = "/reenactor/cells.0/Relu"  # the last tensor that depends on the source image alone
@@ -52,7 +53,8 @@ class OpenVinoRunner(Runner):
             raise ArtifactError(f"OpenVINO IR needs both {self.path.name} and {self.path.with_suffix('.bin').name}")
         core = ov.Core()
         try:
-            model = core.read_model(str(self.path))
+            with native_stderr_dropped():  # on a damaged file, frontends probing it log lines of their own
+                model = core.read_model(str(self.path))
         except Exception as e:  # noqa: BLE001 - OV raises RuntimeError with long multi-line text
             raise ArtifactError(f"{self.path.name} is not a readable OpenVINO IR: {_first_line(e)}") from None
         info = model.get_rt_info()

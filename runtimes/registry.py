@@ -22,7 +22,7 @@ from typing import Callable
 
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision
-from amnet.core.errors import InputError, RuntimeMissing
+from amnet.core.errors import InputError, IntegrityError, RuntimeMissing
 from amnet.core.fileio import lazy_import
 from amnet.core.runner import BucketedRunner, Runner
 
@@ -45,6 +45,7 @@ class Backend:
     build_requires: tuple[Requirement, ...] = ()
     hint: str = ""
     options: tuple[str, ...] = ()  # runner keyword options beyond path/threads/precision
+    companions: tuple[str, ...] = ()  # suffixes of files the runner reads beside the main one (an IR's .bin)
     description: str = ""
     builds_from: str = "onnx"  # or "checkpoint"
     check: str | Callable[[], str | None] | None = None  # beyond packages, e.g. "is there a CUDA device?"
@@ -142,7 +143,15 @@ def open_runner(path: str | Path, threads: int | None = None, precision: str | N
     if found is not None:
         if verify:
             artifacts.verify(*found)
+            unlisted = [n for n in (Path(found[1]["file"]).with_suffix(s).name for s in backend.companions)
+                        if n not in found[1]["files"]]
+            if unlisted:  # the runtime would read them unchecked
+                raise IntegrityError(f"{artifacts.MANIFEST} gives no sha256 for {', '.join(unlisted)}, which "
+                                     f"{path.name} needs (damaged or hand-edited): rebuild it, or pass --no-verify")
         precision = precision or found[1]["precision"]
+    elif verify and (path.parent / artifacts.MANIFEST).is_file():
+        raise IntegrityError(f"{path.name} lies in a build folder whose {artifacts.MANIFEST} does not list it, so "
+                             "nothing vouches for its contents: rebuild it, or pass --no-verify to run it anyway")
     unknown = sorted(set(options) - set(backend.options))
     if unknown:
         raise InputError(f"runtime {backend.name} has no option {', '.join(unknown)}")
@@ -192,7 +201,7 @@ register(Backend(
     precisions=(Precision.FP32, Precision.FP16, Precision.INT8), builder="export.openvino_build:build",
     requires=(Requirement("openvino", "2025.0"),), build_requires=(Requirement("nncf", "2.16"),),
     hint="pip install openvino (building INT8: pip install nncf)",
-    options=("mode", "cache_dir", "compute", "streams", "hold_source"),
+    options=("mode", "cache_dir", "compute", "streams", "hold_source"), companions=(".bin",),
     description="OpenVINO CPU plugin: FP32, FP16 weights, INT8 by NNCF"))
 register(Backend(
     "pytorch-cuda", (".cudaplan",), "runtimes.pytorch_cuda_runner:TorchCudaRunner",

@@ -84,7 +84,11 @@ def test_judge_reads_min_and_max_rules_and_fails_closed():
     assert judge(metrics, {"face.max_abs_max": 0.1})[0] == ["face.max_abs 0.2 > 0.1"]
     assert judge(metrics, {"face.ssim_min": 0.9})[0] == ["face.ssim unavailable (could not be computed)"]
     assert judge(metrics, {"face.detection_rate_min": 1.0})[0][0].startswith("face.detection_rate unavailable")
-    assert judge(metrics, {"face.detection_rate_min": 1.0}, waived=("detection_rate",)) == ([], ["face.detection_rate"])
+    assert judge(metrics, {"face.detection_rate_min": 1.0, "face.psnr_min": 30},
+                 waived=("detection_rate",)) == ([], ["face.detection_rate"])
+    # Limits that are all waived compare nothing: that is a failure, not a pass.
+    failures, waived = judge(metrics, {"face.detection_rate_min": 1.0}, waived=("detection_rate",))
+    assert waived == ["face.detection_rate"] and failures and "nothing was compared" in failures[0]
 
 
 def test_bench_runs_in_child_processes(small_build, checkpoint_file):

@@ -322,7 +322,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(ov_build, face, clip, t
         assert set(tmp_path.iterdir()) == before, what  # no output, no temp file
 
 
-def test_ctrl_c_half_way_removes_the_partial_file(ov_build, face, clip, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_half_way_removes_the_partial_file(ov_build, face, clip, tmp_path, sig, code):
     d, arts = ov_build
     out = tmp_path / "talk.mp4"
     proc = subprocess.Popen(
@@ -334,9 +335,9 @@ def test_ctrl_c_half_way_removes_the_partial_file(ov_build, face, clip, tmp_path
         time.sleep(0.05)
     assert any(p.name.endswith(".part") for p in tmp_path.iterdir()), "never started writing"
     time.sleep(1.0)  # a second of speech into the stream: frames are being written
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert list(tmp_path.iterdir()) == []
 
 

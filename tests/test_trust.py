@@ -160,6 +160,56 @@ def test_a_tampered_artifact_is_refused_by_infer_and_failed_by_the_gate(small_bu
     assert gate(checkpoint_file, build, inputs, tmp_path / "r", "--no-faces") == 1
 
 
+@pytest.mark.parametrize("edit", ["no files", "main file left out", "absolute path", "parent path", "short sha256",
+                                  "not listed at all"])
+def test_a_tampered_artifact_cannot_escape_verification_by_its_manifest(small_build, tmp_path, capsys, edit):
+    """Each edit, made by hand to the manifest of a tampered file, once let `infer` run it unverified."""
+    d, inputs = small_build
+    build = copy_build(d, tmp_path / "b")
+    f = artifacts.resolve(build / "amnet_full_b1_r32.onnx")
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    manifest = json.loads((build / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["file"] == f.name)
+    if edit == "no files":
+        entry["files"] = {}
+    elif edit == "main file left out":
+        entry["files"] = {"other.onnx": entry["files"][f.name]}
+    elif edit in ("absolute path", "parent path"):
+        entry["file"] = str(f) if edit == "absolute path" else f"../b/{f.name}"
+        entry["files"] = {entry["file"]: entry["files"][f.name]}
+    elif edit == "short sha256":
+        entry["files"][f.name] = entry["files"][f.name][:12]
+    else:
+        manifest["artifacts"].remove(entry)
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["infer", str(f), "--inputs", str(inputs), "--output", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and ("rebuild it" in err) and not (tmp_path / "o.npz").exists(), err
+
+
+def test_an_ir_whose_bin_has_no_sha256_is_refused(ov_build, tmp_path):
+    import shutil
+
+    from amnet.core.errors import IntegrityError
+    from runtimes.registry import open_runner
+
+    d, arts = ov_build
+    build = tmp_path / "ov"
+    build.mkdir()
+    manifest = json.loads((d / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["file"] == arts["fp32"]["file"])
+    for name in entry["files"]:
+        shutil.copy(d / name, build / name)
+    binary = next(n for n in entry["files"] if n.endswith(".bin"))
+    del entry["files"][binary]  # the weights: what a tamperer would change
+    (build / "manifest.json").write_text(json.dumps({**manifest, "artifacts": [entry]}))
+    with pytest.raises(IntegrityError, match=binary.replace(".", r"\.")):
+        open_runner(build / entry["file"])
+    open_runner(build / entry["file"], verify=False).activate().close()  # --no-verify still runs it
+
+
 def _publisher(folder, tag, rounds, big):
     """A child: publish an artifact of two files (like an IR's .xml + .bin) again and again."""
     import random
@@ -328,10 +378,132 @@ def test_out_of_range_inputs_are_warned(checkpoint_file, tmp_path, capsys):
     ["parity", "--build", "B", "--samples", "0"], ["parity", "--build", "B", "--samples", "-3"],
     ["infer", "M", "--inputs", "I", "--output", "O", "--resolution", "4096"],
     ["export", "--output", "O", "--batch", "0"],
+    ["train", "D", "--output", "O", "--lr", "nan"], ["train", "D", "--output", "O", "--lr", "inf"],
+    ["train", "D", "--output", "O", "--lr", "-1"], ["train", "D", "--output", "O", "--minutes", "nan"],
+    ["train", "D", "--output", "O", "--decay-from", "-5"],
+    ["diagnose", "--build", "B", "--variant", "V", "--snr-min", "nan"],
+    ["diagnose", "--build", "B", "--variant", "V", "--budget-db", "inf"],
+    ["build", "M", "--runtime", "openvino", "--output", "O", "--max-drop", "nan"],
+    ["nosuchcommand"], ["infer"],
 ])
 def test_out_of_bounds_arguments_exit_2(args, capsys):
     assert main(args) == 2
-    assert "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert one_line(err) and "--help" in err, err  # one line that points at --help, not the usage block
+
+
+def test_files_of_the_wrong_kind_are_one_line(checkpoint_file, small_build, tmp_path):
+    """Each of these ended in an internal error (exit 3) or a line of a C library before ours."""
+    import zipfile
+
+    from safetensors.torch import load_file, save_file
+
+    d, inputs = small_build
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with zipfile.ZipFile(tmp_path / "text.npz", "w") as z:
+        z.writestr("source.txt", "not an array")
+    tensors = load_file(str(checkpoint_file))
+    from safetensors import safe_open
+    with safe_open(str(checkpoint_file), "pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["amnet_config"])
+    save_file(tensors, str(tmp_path / "neg.safetensors"),
+              metadata={**meta, "amnet_config": json.dumps({**config, "landmarks": -5})})
+    (tmp_path / "g.xml").write_text("garbage")
+    (tmp_path / "g.bin").write_bytes(b"garbage")
+    (tmp_path / "trunc.png").write_bytes((ROOT / "amnet" / "default" / "heldout_grid.png").read_bytes()[:3000])
+    speech = next((ROOT / "calibration_data" / "speech").iterdir())
+    cases = [
+        (["infer", checkpoint_file, "--inputs", tmp_path / "plain.npy", "--output", tmp_path / "o.npz"], "one array"),
+        (["infer", checkpoint_file, "--inputs", tmp_path / "text.npz", "--output", tmp_path / "o.npz"], "not .npy"),
+        (["info", tmp_path / "neg.safetensors"], "landmarks must be a positive integer"),
+        (["infer", tmp_path / "g.xml", "--inputs", inputs, "--output", tmp_path / "o.npz"], "not a readable OpenVINO"),
+        (["reenact", "--source", tmp_path / "trunc.png", "--audio", speech, "--output",
+          tmp_path / "o.mp4"], "cannot decode image"),
+    ]
+    for argv, needle in cases:
+        rc, _, err = run(*argv)  # a child process: what C libraries write to descriptor 2 is seen too
+        assert rc == 2 and one_line(err) and needle in err, (argv, rc, err)
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_train_refuses_a_batch_larger_than_the_data(tmp_path, capsys):
+    from tests.conftest import random_inputs as ri
+
+    data = {**ri(3, 32), "face": np.zeros((3, 32, 32, 3), np.uint8), "landmarks": np.zeros((3, 136), np.float32),
+            "identity": np.zeros(3, np.int64)}
+    np.savez(tmp_path / "t.npz", **data)
+    assert main(["train", str(tmp_path / "t.npz"), "--output", str(tmp_path / "run"), "--batch", "4",
+                 "--resolution", "32"]) == 2
+    assert "more than the 3 pairs" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_evaluate_refuses_broken_weights_and_a_foreign_training_set(small_model, tmp_path, capsys):
+    import torch
+
+    from amnet.checkpoint import save_checkpoint
+
+    np.savez(tmp_path / "t.npz", x=np.zeros(3))
+    good = save_checkpoint(tmp_path / "good.safetensors", small_model)
+    assert main(["evaluate", str(good), "--resolution", "32", "--train", str(tmp_path / "t.npz")]) == 2
+    assert "not a training set" in capsys.readouterr().err
+    broken = __import__("copy").deepcopy(small_model)
+    with torch.no_grad():
+        for p in broken.parameters():
+            p.fill_(float("nan"))
+    bad = save_checkpoint(tmp_path / "nan.safetensors", broken)
+    assert main(["evaluate", str(bad), "--resolution", "32"]) == 2
+    out, err = capsys.readouterr()
+    assert "non-finite pixels" in err and "NaN" not in out
+
+
+def test_build_refuses_an_export_that_failed_its_parity_check(small_build, tmp_path, capsys):
+    d, _ = small_build
+    build = copy_build(d, tmp_path / "b")
+    manifest = json.loads((build / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "amnet_full_b1_r32.onnx")
+    entry["parity"] = {"passed": False, "outputs": {"face": {"max_abs": float("nan")}}}
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    for model in (build, build / entry["file"]):  # the folder, or the file itself
+        assert main(["build", str(model), "--runtime", "openvino", "--precision", "fp32", "--resolution", "32",
+                     "--batch", "1", "--output", str(tmp_path / "ov"), "--quiet"]) == 2
+        assert "failed the ONNX parity check" in capsys.readouterr().err
+    assert not any(p.suffix == ".xml" for p in (tmp_path / "ov").glob("*")) if (tmp_path / "ov").exists() else True
+
+
+def test_a_report_that_cannot_be_written_whole_leaves_no_new_or_stale_verdict(small_build, checkpoint_file, tmp_path,
+                                                                              capsys, monkeypatch):
+    from benchmarks import parity
+
+    d, inputs = small_build
+    report = tmp_path / "r"
+    (report / "parity.md").mkdir(parents=True)  # one of the report's names is taken by a folder
+    (report / "parity.json").write_text('{"passed": true}')  # an old verdict
+    assert gate(checkpoint_file, d, inputs, report, "--no-faces") == 2
+    assert "parity.md" in capsys.readouterr().err  # refused before anything was written: the old files untouched
+    assert (report / "parity.json").read_text() == '{"passed": true}'
+    (report / "parity.md").rmdir()
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(parity, "diff_png", disk_full)  # a write that fails midway
+    assert gate(checkpoint_file, d, inputs, report, "--no-faces") == 2
+    assert "No space left" in capsys.readouterr().err and not (report / "parity.json").exists()
+
+
+def test_signals_refuses_silent_audio(tmp_path, capsys):
+    import soundfile as sf
+
+    from amnet.reenact.media import Mp4Writer
+
+    sf.write(tmp_path / "quiet.wav", np.zeros(44100, np.float32), 44100)
+    video = tmp_path / "v.mp4"
+    with Mp4Writer(video, 25, 64, 64) as out:
+        for _ in range(3):
+            out.add_frame(np.full((64, 64, 3), 128, np.uint8))
+    assert main(["signals", str(video), "--audio", str(tmp_path / "quiet.wav"), "--output", str(tmp_path / "s")]) == 2
+    assert "silent" in capsys.readouterr().err
 
 
 def test_a_frame_above_the_maximum_is_refused_with_its_memory(checkpoint_file, tmp_path, capsys):

@@ -68,6 +68,24 @@ def positive(what: str, upper: int | None = None):
     return parse
 
 
+def number(what: str, low: float | None = None, high: float | None = None, above: bool = False):
+    """A finite float in [low, high] (or (low, high] with `above`): NaN and ±inf are usage errors."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if not math.isfinite(v) or (low is not None and (v <= low if above else v < low)) or \
+                (high is not None and v > high):
+            span = f"{'>' if above else '≥'} {low:g}" if high is None else \
+                f"in {'(' if above else '['}{low:g}, {high:g}]" if low is not None else f"≤ {high:g}"
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number {span}, got {text!r}")
+        return v
+    return parse
+
+
 THREADS = positive("threads (bounded by this machine's cores)", os.cpu_count() or 1)
 
 

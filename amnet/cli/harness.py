@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.cli.args import THREADS, checkpoint_arg, float_precision_arg, isa_caps, positive, resolution
+from amnet.cli.args import THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, positive, resolution
 from amnet.core.errors import EXIT_FAIL, InputError
 from amnet.core.fileio import load_npz, write_text
 from amnet.core.runner import MODEL_INPUTS
@@ -37,6 +37,9 @@ def _reference(args, feeds: dict) -> tuple[dict, str]:
             v = ref.get(k)
             if v is None or v.dtype.kind != "f" or v.ndim < 2 or len(v) != n:
                 raise InputError(f"{args.reference} must hold float '{k}' for all {n} inputs")
+        if ref["landmarks"].ndim != 2:
+            raise InputError(f"{args.reference}: landmarks must be N×L, got "
+                             f"{'×'.join(map(str, ref['landmarks'].shape))}")
         if ref["face"].shape[1:] != (3, *feeds["source"].shape[-2:]):
             raise InputError(f"{args.reference}: face is {ref['face'].shape[1:]}, the inputs make "
                              f"{(3, *feeds['source'].shape[-2:])}")
@@ -412,11 +415,13 @@ def add_commands(sub) -> None:
     s.add_argument("--variant", required=True, help="a variant name as parity prints it, e.g. openvino-int8-b1-r128")
     s.add_argument("--inputs", help="npz with source/audio/pose/eye (default: held-out real inputs)")
     s.add_argument("--samples", type=positive("--samples"), default=8, help="held-out samples to use")
-    s.add_argument("--snr-min", type=float, help="SNR floor in dB (default by precision: fp32 80, fp16 45, int8 20)")
+    s.add_argument("--snr-min", type=number("--snr-min", 0, 200),
+                   help="SNR floor in dB (default by precision: fp32 80, fp16 45, int8 20)")
     s.add_argument("--sensitivity", action="store_true",
                    help="also scan every quantizable conv (alone in INT8, alone float) and write the smallest float "
                         "scope that meets --budget-db (OpenVINO/NNCF, on the variant's FP32 ONNX)")
-    s.add_argument("--budget-db", type=float, default=40.0, help="face PSNR the generated INT8 scope must keep")
+    s.add_argument("--budget-db", type=number("--budget-db", 0, 200, above=True), default=40.0,
+                   help="face PSNR the generated INT8 scope must keep")
     s.add_argument("--calib-samples", type=positive("--calib-samples"), default=16)
     s.add_argument("--scope-out", help="where the scope file goes (default REPORT/int8_scope.json)")
     s.add_argument("--report", default="reports/diagnose", help="folder for JSON, Markdown and the plots")

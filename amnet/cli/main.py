@@ -14,8 +14,8 @@ import warnings
 from pathlib import Path
 
 from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError
-from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, positive, resolution,
-                            words)
+from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number, positive,
+                            resolution, words)
 from amnet.core import artifacts
 from amnet.core.fileio import load_npz
 from runtimes import registry
@@ -158,6 +158,8 @@ def cmd_train(args) -> int:
     missing = {"face", "audio", "pose", "eye", "landmarks", "identity"} - set(data)
     if missing:
         raise InputError(f"{args.data} lacks {', '.join(sorted(missing))}: build it with `amnet-deploy dataset`")
+    if args.batch > len(data["face"]):  # no full batch: zero steps, an untrained checkpoint
+        raise InputError(f"--batch {args.batch} is more than the {len(data['face'])} pairs in {args.data}")
     cfg = AMNetConfig(kernel=args.kernel, landmarks=int(data["landmarks"].shape[1]), resolution=args.resolution,
                       audio_delta=str(data["audio_delta"]) if "audio_delta" in data else args.delta)
     result = train({k: np.asarray(v) for k, v in data.items()}, Path(args.output), cfg,
@@ -221,10 +223,17 @@ def cmd_build(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (and exit 2), pointing at --help instead of printing the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from amnet.core.artifacts import Precision
 
-    p = argparse.ArgumentParser(prog="amnet-deploy", description=__doc__.split("\n")[0],
+    p = OneLineParser(prog="amnet-deploy", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -303,15 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="run folder: amnet.safetensors + train_state.pt each epoch")
     s.add_argument("--epochs", type=positive("--epochs"), default=100)
     s.add_argument("--batch", type=positive("--batch"), default=16)
-    s.add_argument("--lr", type=float, default=2e-4)
+    s.add_argument("--lr", type=number("--lr", 0, 1, above=True), default=2e-4)
     s.add_argument("--resolution", type=resolution, default=256)
     s.add_argument("--kernel", type=int, choices=(1, 3), default=1, help="GC kernel size")
     s.add_argument("--delta", choices=("official", "time"), default="official")
-    s.add_argument("--decay-from", type=int, metavar="EPOCH",
+    s.add_argument("--decay-from", type=positive("--decay-from"), metavar="EPOCH",
                    help="from this epoch on, decay the learning rate linearly to 0 at --epochs (pix2pix schedule)")
     s.add_argument("--flip", action="store_true",
                    help="mirror half the pairs (image, yaw/roll, eyes, 68 landmarks): more poses from few videos")
-    s.add_argument("--minutes", type=float, help="stop after this much wall time (checkpoint kept)")
+    s.add_argument("--minutes", type=number("--minutes", 0, above=True),
+                   help="stop after this much wall time (checkpoint kept)")
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
     s.add_argument("--crop", type=positive("--crop"), metavar="PX",
@@ -373,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "`amnet-deploy diagnose --sensitivity` (default: export/int8_scope.py)")
     s.add_argument("--version-compatible", action="store_true",
                    help="TensorRT: build version-compatible engines (run on later TensorRT versions)")
-    s.add_argument("--max-drop", type=float, default=6.0,
+    s.add_argument("--max-drop", type=number("--max-drop", 0, 50), default=6.0,
                    help="accuracy control: max drop of the face PSNR vs FP32, capped at 50 dB "
                         "(6 → keep ≥ 44 dB; 42 dB measured SSIM 0.967-0.976 here); the most harmful layers "
                         "are reverted to float until it holds")
@@ -390,7 +400,28 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     print(f"amnet-deploy: warning: {str(message).splitlines()[0]}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup path (temp files, pending build files) runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    try:
+        return _main(argv)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     command = "?"
     try:
         parser = build_parser()
@@ -424,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"amnet-deploy {command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -38,6 +38,7 @@ SCHEMA = 2
 TOKEN_LEN = 10
 _TOKENED = re.compile(rf"^[^.]+\.[0-9a-f]{{{TOKEN_LEN}}}\.")
 _PENDING = re.compile(r"^\.pending-(\d+)-\d+-(.+)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic_write's temp files
 
 
@@ -83,7 +84,19 @@ def read(out_dir: Path) -> dict:
         bad += [k for k in ("batch", "resolution") if a.get(k) is not None and not _positive_int(a.get(k))]
         if bad:
             raise ArtifactError(f"{path}: entry {a.get('name', '?')!r} has a missing or malformed {', '.join(bad)}")
+        # Every file an entry names is a plain name in this folder with a sha256, its main file among them:
+        # an entry that left its file out of `files` would be run unverified.
+        files = a["files"]
+        if (not files or a["file"] not in files or not all(_plain(f) for f in (a["name"], *files))
+                or not all(isinstance(h, str) and _SHA256.match(h) for h in files.values())):
+            raise ArtifactError(f"{path}: entry {a['name']!r} does not list its files by plain name with a "
+                                "sha256 each, its main file among them (damaged or hand-edited): rebuild it")
     return data
+
+
+def _plain(name: str) -> bool:
+    """A file name in the folder itself: no path, no parent, not hidden."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def _positive_int(v) -> bool:

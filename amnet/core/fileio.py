@@ -68,10 +68,17 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise InputError(f"inputs not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a lone .npy array (or a memory map of one)
+            raise InputError(f"{path.name} holds one array, not an .npz of named arrays")
+        with z:
+            arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{path.name} is not a readable .npz ({str(e).splitlines()[0][:100]})") from None
+    odd = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if odd:
+        raise InputError(f"{path.name}: {', '.join(odd[:3])} {'is' if len(odd) == 1 else 'are'} not .npy arrays")
+    return arrays
 
 
 def save_npz(path: str | os.PathLike, arrays: dict, compressed: bool = False) -> Path:

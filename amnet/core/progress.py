@@ -28,3 +28,24 @@ def quiet_output(quiet: bool):
             yield
     finally:
         logging.disable(previous)
+
+
+@contextmanager
+def native_stderr_dropped():
+    """What C/C++ libraries write straight to file descriptor 2 (libpng's "Read Error", the log lines of an
+    OpenVINO frontend probing a damaged file) is dropped while a call runs whose failure we report in one line."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (an embedding host): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

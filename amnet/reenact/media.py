@@ -14,11 +14,10 @@ import numpy as np
 
 from amnet.core.errors import InputError
 from amnet.core.fileio import lazy_import
-from amnet.speech import SAMPLE_RATE
+from amnet.speech import SAMPLE_RATE, check_speech
 
 AV_HINT = "pip install av (PyAV: FFmpeg's libraries in a wheel)"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-SILENCE = 1e-3  # peak below -60 dBFS: nothing to lip-read from
 
 
 def _av():
@@ -60,16 +59,6 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray:
     return check_speech(np.concatenate(chunks) if chunks else np.zeros(0), path)
 
 
-def check_speech(samples: np.ndarray, name) -> np.ndarray:
-    if len(samples) < SAMPLE_RATE // 10:
-        raise InputError(f"{name}: {len(samples) / SAMPLE_RATE:.2f} s of audio, need at least 0.1 s")
-    if not np.isfinite(samples).all():
-        raise InputError(f"{name} holds NaN or infinite samples")
-    if np.abs(samples).max() < SILENCE:
-        raise InputError(f"{name} is silent (peak below -60 dBFS): nothing to drive the mouth with")
-    return samples
-
-
 def pcm_chunks(stream, rate: int, chunk: int = 1024):
     """Signed 16-bit little-endian mono PCM from a binary stream → 44.1 kHz float64 chunks as they arrive."""
     resample, av = resampler(), _av()
@@ -104,7 +93,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     if not Path(path).is_file():
         raise InputError(f"image not found: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    from amnet.core.progress import native_stderr_dropped
+
+    with native_stderr_dropped():  # libpng/libjpeg print their own line for a damaged file
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError(f"cannot decode image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -255,7 +255,7 @@ def offline(job: Job) -> int:
     opts = job.opts
     t = time.perf_counter()
     if opts.audio == "-":
-        samples = media.check_speech(np.concatenate([np.zeros(0), *media.pcm_chunks(sys.stdin.buffer, opts.pcm_rate)]),
+        samples = speech.check_speech(np.concatenate([np.zeros(0), *media.pcm_chunks(sys.stdin.buffer, opts.pcm_rate)]),
                                      "stdin")
     else:
         samples = media.decode_audio(opts.audio)
