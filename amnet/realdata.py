@@ -50,6 +50,8 @@ def read_clips(path: Path) -> list[Clip]:
     """A JSON list of {identity, video, speech_train, speech_heldout}; relative paths are from the file's folder."""
     try:
         items = json.loads(path.read_text())
+        if not isinstance(items, list) or not items:  # `{}` or `[]` once fell back to the shipped clips
+            raise TypeError("not a non-empty list")
         base = path.parent
         return [Clip(c["identity"], base / c["video"], base / c["speech_train"], base / c.get("speech_heldout",
                      c["speech_train"])) for c in items]
@@ -65,7 +67,7 @@ def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
     rng = np.random.default_rng(seed)
     analyzer = FaceAnalyzer()
     train_parts, calib_parts, held_parts, summary = [], [], [], []
-    for ident, clip in enumerate(clips or default_clips(media)):
+    for ident, clip in enumerate(clips if clips is not None else default_clips(media)):
         for p in (clip.video, clip.speech_train, clip.speech_heldout):
             if not p.is_file():
                 raise InputError(f"missing media file {p}: run calibration_data/rebuild.sh")

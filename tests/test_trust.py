@@ -694,3 +694,13 @@ def test_quiet_drops_what_third_party_steps_print_and_keeps_errors(capfd):
         noisy_step()
     out = capfd.readouterr()
     assert "Collecting tensor data" in out.out and "Statistics collection" in out.out + out.err
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '[{"identity": "a"}]'])
+def test_a_clips_file_that_lists_no_clip_is_refused_not_replaced_by_the_shipped_ones(tmp_path, content):
+    from amnet.core.errors import InputError
+    from amnet.realdata import read_clips
+
+    (tmp_path / "clips.json").write_text(content)
+    with pytest.raises(InputError, match="expected a JSON list"):
+        read_clips(tmp_path / "clips.json")
