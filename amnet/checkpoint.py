@@ -176,6 +176,10 @@ def load_checkpoint(path: str | os.PathLike, gc_form: str = "loop") -> Loaded:
         loaded = _load_safetensors(path, digest, gc_form)
     else:
         loaded = _load_official(path, digest, gc_form)
+    broken = [n for n, t in loaded.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:  # every output would be NaN: refused here, once, for every command
+        raise CheckpointError(f"{path.name} holds NaN/Inf weights ({broken[0]}"
+                              f"{f' and {len(broken) - 1} more tensors' if len(broken) > 1 else ''}): a diverged run?")
     loaded.model.eval()
     return loaded
 

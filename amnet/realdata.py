@@ -77,6 +77,9 @@ def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
         cut = int(n_frames * (1 - HELDOUT_FRACTION))
         tr, rep_tr = extract(clip.video, clip.speech_train, delta, analyzer, slice(0, cut))
         ho, rep_ho = extract(clip.video, clip.speech_heldout, delta, analyzer, slice(cut, None))
+        if len(tr["face"]) < SOURCES_PER_ID or not len(ho["face"]):
+            raise InputError(f"{clip.video.name}: {len(tr['face'])} training and {len(ho['face'])} held-out frames "
+                             f"with a face; need at least {SOURCES_PER_ID} and 1")
         tr["identity"] = np.full(len(tr["face"]), ident)
         ho["identity"] = np.full(len(ho["face"]), ident)
         train_parts.append(tr)
@@ -89,12 +92,16 @@ def build(media: Path, out_dir: Path, train_out: Path, delta: str = "official",
                         "no_face": rep_tr["no_face"] + rep_ho["no_face"],
                         "speech_train": clip.speech_train.name, "speech_heldout": clip.speech_heldout.name})
 
+    # Calibration: samples spread evenly over identities, sources from a small pool (checked before any write).
+    per_id = n_calib // len(calib_parts)
+    short = [s["identity"] for s, (tr, _) in zip(summary, calib_parts) if len(tr["face"]) < per_id]
+    if per_id < 1 or n_heldout // len(held_parts) < 1 or short:
+        raise InputError(f"--calib-samples {n_calib} / --heldout-samples {n_heldout} over {len(calib_parts)} clips: "
+                         f"need at least one of each per clip{f', and more frames of {short}' if short else ''}")
     keys = ("face", "audio", "pose", "eye", "landmarks", "identity", "frame")
     train = {k: np.concatenate([p[k] for p in train_parts]) for k in keys}
     save_npz(train_out, train, compressed=True)
 
-    # Calibration: samples spread evenly over identities, sources from a small pool.
-    per_id = n_calib // len(calib_parts)
     images, src_idx, sig = [], [], {k: [] for k in ("audio", "pose", "eye")}
     for ident, (tr, sources) in enumerate(calib_parts):
         base = len(images)

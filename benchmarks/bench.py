@@ -88,7 +88,7 @@ def bench_one(spec: dict) -> dict:
 
     options = {"gc_form": "grouped"} if spec["runtime"] == "pytorch" else {}
     runner = open_variant(Variant(spec["name"], spec["runtime"], spec["precision"], Path(spec["path"]), spec["batch"], r),
-                          spec["threads"], **options).activate()
+                          spec["threads"], spec.get("verify", True), **options).activate()
     runner.infer(feeds)  # first inference completes the cold start (lazy compilation)
     cold = time.perf_counter() - t0
     for _ in range(spec["warmup"]):
@@ -109,7 +109,7 @@ def bench_one(spec: dict) -> dict:
     runner.close()
     if spec["runtime"] == "openvino":  # throughput mode: streams and an async queue
         tp = open_variant(Variant(spec["name"], "openvino", spec["precision"], Path(spec["path"]), spec["batch"], r),
-                          spec["threads"], mode="throughput").activate()
+                          spec["threads"], spec.get("verify", True), mode="throughput").activate()
         n_req = max(2, tp.optimal_requests) * 4
         tp.infer_many([feeds] * n_req)
         tp.infer_many([feeds] * n_req)
@@ -159,12 +159,14 @@ def usable_isas(isas: tuple[str, ...]) -> tuple[list[str], list[str]]:
             notes.append(f"no {cap} rows: this CPU lacks {', '.join(missing)}")
         else:
             keep.append(cap)
+    if not keep:  # nothing would be measured
+        raise InputError(f"--isa {','.join(isas)}: {'; '.join(notes)}; a cap can only take features away")
     return keep, notes
 
 
 def bench(variants: list, checkpoint: str | None, resolution: int, threads: int = 2, iters: int = 30,
           warmup: int = 3, gflops: float | None = None, progress: bool = True,
-          isas: tuple[str, ...] = (NATIVE,)) -> dict:
+          isas: tuple[str, ...] = (NATIVE,), verify: bool = True) -> dict:
     """Every variant (and PyTorch eager) in a child process each, once per ISA cap; ratios within one cap."""
     from amnet.core.progress import progress_bar
 
@@ -188,7 +190,7 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
     rows = []
     specs = [{**spec, "isa": isa} for isa in isas_run for spec in specs]
     for spec in progress_bar(specs, desc=f"bench {resolution}²", disable=not progress, unit="variant"):
-        spec.update(threads=threads, iters=iters, warmup=warmup)
+        spec.update(threads=threads, iters=iters, warmup=warmup, verify=verify)
         res = run_child(spec)
         rows.append({**{k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution", "isa")}, **res})
     for r in rows:

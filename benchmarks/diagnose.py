@@ -168,11 +168,14 @@ def tensorrt_variant_tensors(variant, tensors: list[str], feeds: dict) -> dict[s
     fp32 = artifacts.resolve(folder / variant.extra.get("from", ""))
     if not fp32.is_file():
         raise ArtifactError(f"{variant.name} was built from {variant.extra.get('from')}, which is not in {folder}")
+    fp32 = artifacts.verified_file(fp32)
     with tempfile.TemporaryDirectory() as tmp:
         source = fp32
         if variant.precision != "fp32":
             source = artifacts.resolve(folder / precision_name(variant.extra["from"], variant.precision))
-            if not source.is_file():
+            if source.is_file():
+                source = artifacts.verified_file(source)
+            else:
                 source = save_onnx(precision_proto(fp32, variant.precision, 32), Path(tmp) / "probe_source.onnx")
         data, _ = serialize_engine(source, variant.precision, Path(tmp) / "timing.cache",
                                    side.get("workspace_bytes", 2 << 30), extra_outputs=tuple(tensors))
@@ -214,7 +217,7 @@ def diagnose(model, variant, feeds: dict, snr_min: float | None = None) -> dict:
         if not source.is_file():
             raise ArtifactError(f"{variant.name} was built from {variant.extra.get('from')}, which is not in "
                                 f"{variant.path.parent}: diagnose needs it for the tensor names")
-        order_file = source
+        order_file = artifacts.verified_file(source)  # parsed for names; its hash vouches for it
     probes = probe_tensors(_onnx_order(order_file), scopes, paths)
     ref = reference_tensors(model, feeds, [p["module"] for p in probes])
     names = [p["tensor"] for p in probes]

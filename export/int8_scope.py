@@ -85,7 +85,11 @@ def load_scope(path: Path | None) -> Scope:
         raise InputError(f"{path} is not a readable INT8 scope file") from None
     if not isinstance(data, dict) or data.get("format") != SCOPE_FORMAT or not isinstance(data.get("float_nodes"), list):
         raise InputError(f"{path} is not an {SCOPE_FORMAT} file (make one with `amnet-deploy diagnose --sensitivity`)")
-    fragments = tuple(str(f) for f in data["float_nodes"])
+    op_types = data.get("float_op_types", list(FLOAT_OP_TYPES))
+    for key, values in (("float_nodes", data["float_nodes"]), ("float_op_types", op_types)):
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            raise InputError(f"{path}: {key} must be a list of non-empty strings, got {values!r:.80}")
+    fragments = tuple(data["float_nodes"])
     for f in fragments:
         try:
             re.compile(f)
@@ -94,7 +98,7 @@ def load_scope(path: Path | None) -> Scope:
     smooth_gc = data.get("smooth_gc")
     if smooth_gc is not None and not isinstance(smooth_gc, (int, float)):
         raise InputError(f"{path}: smooth_gc must be a number, got {smooth_gc!r}")
-    return Scope(fragments, tuple(data.get("float_op_types", FLOAT_OP_TYPES)), str(path), smooth_gc)
+    return Scope(fragments, tuple(op_types), str(path), smooth_gc)
 
 
 def write_scope(path: Path, float_layers: list[str], meta: dict) -> Path:

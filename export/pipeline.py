@@ -139,7 +139,7 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
         found = artifacts.entry_for(model_path)
         if found is not None:
             _refuse_failed_exports(found[0], [found[1]])
-        return [model_path]
+        return [artifacts.verified_file(model_path)]  # a tampered export must not become a trusted build
     if model_path.is_dir():  # the manifest records each export's smoothing: no file needs opening to match it
         files = _fp32_exports(model_path, artifacts.read(model_path), opts, smooth)
         if not files:
@@ -162,6 +162,8 @@ def _fp32_exports(folder: Path, manifest: dict, opts: BuildOptions, smooth: floa
               and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form
               and a.get("gc_smoothing") == smooth]
     _refuse_failed_exports(folder, chosen)
+    for a in chosen:  # a tampered export must not become a trusted build
+        artifacts.verify(folder, a)
     return [folder / a["file"] for a in chosen]
 
 

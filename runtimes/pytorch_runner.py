@@ -23,6 +23,8 @@ class TorchRunner(Runner):
 
         self._given = None if isinstance(path, (str, bytes)) or hasattr(path, "__fspath__") else path
         super().__init__(None if self._given is not None else path, threads=threads, precision=precision or "fp32")
+        if precision not in (None, "fp32"):  # eager PyTorch on the CPU runs the checkpoint as it is
+            raise InputError(f"a checkpoint runs in fp32 on PyTorch, not {precision}: build a {precision} variant")
         if gc_form not in GC_FORMS:
             raise InputError(f"unknown GC form {gc_form!r}; choose one of {', '.join(GC_FORMS)}")
         self.gc_form = gc_form

@@ -148,10 +148,11 @@ def open_runner(path: str | Path, threads: int | None = None, precision: str | N
             if unlisted:  # the runtime would read them unchecked
                 raise IntegrityError(f"{artifacts.MANIFEST} gives no sha256 for {', '.join(unlisted)}, which "
                                      f"{path.name} needs (damaged or hand-edited): rebuild it, or pass --no-verify")
+        if precision and str(precision) != found[1]["precision"]:
+            raise InputError(f"{path.name} is the {found[1]['precision']} {found[1]['runtime']} artifact, not {precision}")
         precision = precision or found[1]["precision"]
-    elif verify and (path.parent / artifacts.MANIFEST).is_file():
-        raise IntegrityError(f"{path.name} lies in a build folder whose {artifacts.MANIFEST} does not list it, so "
-                             "nothing vouches for its contents: rebuild it, or pass --no-verify to run it anyway")
+    elif verify:
+        artifacts.refuse_unlisted(path)
     unknown = sorted(set(options) - set(backend.options))
     if unknown:
         raise InputError(f"runtime {backend.name} has no option {', '.join(unknown)}")

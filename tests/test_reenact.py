@@ -298,6 +298,9 @@ def _bad_inputs(tmp: Path, face: Path, clip: Path):
         "broken model": ([*ok, "--model", str(tmp / "model.onnx")], "model.onnx"),
         "model of the wrong kind": ([*ok, "--model", str(tmp / "model.txt")], "model.txt"),
         "bad pose": ([*ok, "--pose", "10,20"], "--pose"),
+        "a frame rate that rounds to nothing": ([*ok, "--fps", "1e-9"], "--fps"),
+        "a checkpoint asked for int8": ([*ok, "--model", str(ROOT / "amnet" / "default" / "amnet.safetensors"),
+                                         "--precision", "int8"], "runs in fp32"),
         "output is a folder": ([*ok, "--output", str(tmp / "folder.mp4")], "folder"),
         "output folder not writable": ([*ok, "--output", "/proc/out.mp4"], "not writable"),
         "output folder missing": ([*ok, "--output", str(tmp / "nowhere" / "out.mp4")], "does not exist"),
@@ -320,6 +323,19 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(ov_build, face, clip, t
         assert rc == 2, what
         assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], (what, err)
         assert set(tmp_path.iterdir()) == before, what  # no output, no temp file
+
+
+@pytest.mark.parametrize("pcm, needle", [(np.zeros(32000, np.int16).tobytes(), "silent"), (b"abc", "0.1 s")],
+                         ids=["one second of silence", "three bytes"])
+def test_a_silent_or_empty_stdin_stream_is_refused_and_leaves_nothing(ov_build, face, tmp_path, pcm, needle):
+    d, arts = ov_build
+    out = tmp_path / "live.mp4"
+    r = subprocess.run([sys.executable, "-m", "amnet.cli", "reenact", "--source", str(face), "--audio", "-",
+                        "--pcm-rate", "16000", "--stream", "--output", str(out), "--model", str(d / arts["int8"]["file"]),
+                        "--quiet"], input=pcm, capture_output=True, cwd=ROOT, timeout=300)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])

@@ -66,7 +66,7 @@ def test_a_nan_reference_fails_every_variant(small_build, checkpoint_file, tmp_p
     assert "reference face holds 15360 NaN/Inf" in capsys.readouterr().out
 
 
-def test_a_checkpoint_with_nan_weights_fails_the_gate(small_model, small_build, tmp_path, capsys):
+def test_a_checkpoint_with_nan_weights_is_refused_by_every_command(small_model, small_build, tmp_path, capsys):
     import copy
 
     import torch
@@ -78,8 +78,13 @@ def test_a_checkpoint_with_nan_weights_fails_the_gate(small_model, small_build, 
         broken.reenactor.decoder[-2].weight.fill_(float("nan"))
     ckpt = save_checkpoint(tmp_path / "nan.safetensors", broken)
     d, inputs = small_build
-    assert gate(ckpt, d, inputs, tmp_path / "r", "--no-faces") == 1
-    assert "reference face holds" in capsys.readouterr().out
+    assert gate(ckpt, d, inputs, tmp_path / "r", "--no-faces") == 2
+    assert "NaN/Inf weights (reenactor.decoder" in capsys.readouterr().err
+    for argv in (["info", ckpt], ["export", ckpt, "--output", tmp_path / "x", "--resolution", "32", "--quiet"],
+                 ["infer", ckpt, "--inputs", inputs, "--output", tmp_path / "o.npz"]):
+        assert main(list(map(str, argv))) == 2
+        assert "NaN/Inf weights" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "o.npz").exists()
 
 
 @pytest.mark.parametrize("model_file", ["absent", "corrupt"])
@@ -454,7 +459,7 @@ def test_evaluate_refuses_broken_weights_and_a_foreign_training_set(small_model,
     bad = save_checkpoint(tmp_path / "nan.safetensors", broken)
     assert main(["evaluate", str(bad), "--resolution", "32"]) == 2
     out, err = capsys.readouterr()
-    assert "non-finite pixels" in err and "NaN" not in out
+    assert "NaN/Inf weights" in err and "NaN" not in out
 
 
 def test_build_refuses_an_export_that_failed_its_parity_check(small_build, tmp_path, capsys):
@@ -704,3 +709,104 @@ def test_a_clips_file_that_lists_no_clip_is_refused_not_replaced_by_the_shipped_
     (tmp_path / "clips.json").write_text(content)
     with pytest.raises(InputError, match="expected a JSON list"):
         read_clips(tmp_path / "clips.json")
+
+
+# ---------------------------------------------------------------- second fuzzing pass
+
+def _flip_byte(f):
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def test_a_tampered_export_is_never_built_from_nor_diagnosed(small_build, checkpoint_file, tmp_path, capsys):
+    d, _ = small_build
+    build = copy_build(d, tmp_path / "b")
+    assert main(["build", str(build), "--runtime", "openvino", "--precision", "fp32", "--resolution", "32",
+                 "--output", str(build), "--quiet"]) == 0
+    capsys.readouterr()
+    onnx_file = artifacts.resolve(build / "amnet_full_b1_r32.onnx")
+    _flip_byte(onnx_file)
+    for source in (build, onnx_file):  # the folder, or the file itself
+        assert main(["build", str(source), "--runtime", "openvino", "--precision", "fp16", "--resolution", "32",
+                     "--output", str(tmp_path / "ov"), "--quiet"]) == 2
+        assert "does not match the sha256" in capsys.readouterr().err
+    assert main(["diagnose", str(checkpoint_file), "--build", str(build), "--variant", "openvino-fp32-b1-r32",
+                 "--samples", "2", "--report", str(tmp_path / "diag")]) == 2  # its tensor names come from that ONNX
+    assert "does not match the sha256" in capsys.readouterr().err
+
+
+def test_pipeline_refuses_bad_options_before_it_writes(checkpoint_file, tmp_path, capsys):
+    for extra in (["--inputs", tmp_path / "none.npz"], ["--reference", tmp_path / "none.npz"],
+                  ["--thresholds", tmp_path / "none.json"], ["--threshold", "bogus"]):
+        out = tmp_path / "pl"
+        assert main(["pipeline", str(checkpoint_file), "--output", str(out), "--resolutions", "32", "--quiet",
+                     *map(str, extra)]) == 2, extra
+        assert one_line(capsys.readouterr().err) and not out.exists(), extra
+
+
+def test_bench_measures_what_it_was_asked_or_refuses(small_build, checkpoint_file, tmp_path, capsys):
+    from amnet.core import cpu
+
+    d, _ = small_build
+    report = tmp_path / "r"
+
+    def bench(*extra, checkpoint=checkpoint_file, build=d):
+        return main(["bench", str(checkpoint), "--build", str(build), "--resolution", "32", "--iters", "2",
+                     "--only", "onnxruntime-fp32-b1", "--report", str(report), "--quiet", *map(str, extra)])
+
+    assert bench(checkpoint=tmp_path / "none.safetensors") == 2  # eager was silently dropped
+    assert bench("--resolution", "64") == 2 and "no variant at 64²" in capsys.readouterr().err
+    lacking = [cap for cap, needs in cpu.CAPS.items() if not all(cpu.isa()["native"][f] for f in needs)]
+    if lacking:  # on a CPU that has every feature, no cap can be refused
+        assert bench("--isa", lacking[0]) == 2 and "can only take features away" in capsys.readouterr().err
+    tampered = copy_build(d, tmp_path / "t")
+    _flip_byte(artifacts.resolve(tampered / "amnet_full_b1_r32.onnx"))
+    assert bench(build=tampered) == 1 and "does not match the sha256" in capsys.readouterr().out
+    assert bench("--no-verify", build=tampered) == 0  # the children honour it
+    capsys.readouterr()
+    (report / "bench.md").unlink()
+    (report / "bench.md").mkdir()  # a name taken by a folder: refused before anything is measured or replaced
+    before = (report / "bench.json").read_bytes()
+    assert bench() == 2 and (report / "bench.json").read_bytes() == before
+
+
+def test_refused_reports_replace_nothing(small_build, checkpoint_file, tmp_path, capsys):
+    d, _ = small_build
+    for name, argv in (("diagnose.png", ["diagnose", checkpoint_file, "--build", d, "--variant",
+                                         "onnxruntime-fp32-b1-r32", "--samples", "2", "--report"]),
+                       ("report.json", ["signals", tmp_path / "v.mp4", "--audio", tmp_path / "a.wav", "--output"])):
+        report = tmp_path / name.split(".")[0]
+        (report / name).mkdir(parents=True)
+        (report / "keep.json").write_text("old")
+        assert main([*map(str, argv), str(report)]) == 2, name
+        assert "is a folder" in capsys.readouterr().err
+        assert [p.name for p in sorted(report.iterdir())] == sorted([name, "keep.json"])
+
+
+def test_an_empty_output_name_does_not_mean_the_current_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--resolution", "32", "--output", "", "--quiet"]) == 2
+    assert "--output is empty" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("scope", [{"float_op_types": 5}, {"float_op_types": [1, None]}, {"float_op_types": "Add"},
+                                   {"float_nodes": [5]}])
+def test_a_malformed_int8_scope_is_one_line(tmp_path, scope):
+    from amnet.core.errors import InputError
+    from export.int8_scope import SCOPE_FORMAT, load_scope
+
+    (tmp_path / "s.json").write_text(json.dumps({"format": SCOPE_FORMAT, "float_nodes": ["/x/"], **scope}))
+    with pytest.raises(InputError, match="must be a list of non-empty strings"):
+        load_scope(tmp_path / "s.json")
+
+
+def test_a_checkpoint_runs_in_fp32_only_and_an_artifact_in_its_own_precision(checkpoint_file, small_build):
+    from amnet.core.errors import InputError
+    from runtimes.registry import open_runner
+
+    d, _ = small_build
+    with pytest.raises(InputError, match="runs in fp32"):
+        open_runner(checkpoint_file, precision="int8")
+    with pytest.raises(InputError, match="is the fp32 onnxruntime artifact, not int8"):
+        open_runner(d / "amnet_full_b1_r32.onnx", precision="int8")

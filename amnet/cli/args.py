@@ -12,15 +12,17 @@ from amnet.core.errors import InputError
 # 8 samples at a time, so 1024² needs ≈ 5 GiB and 4096² would need ≈ 80 GiB.
 MAX_RESOLUTION = 1024
 BYTES_PER_PIXEL = 600
+MAX_BATCH = 64  # a batch bucket above this needs tens of GiB in the export's PyTorch trace at 256²
 
 
 def ints(text: str) -> list[int]:
+    """Batch buckets: comma-separated integers in [1, MAX_BATCH]."""
     try:
         values = sorted({int(v) for v in text.split(",") if v.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not values or min(values) < 1 or max(values) > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"expected integers between 1 and {MAX_BATCH}, got {text!r}")
     return values
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from amnet.cli.args import THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, positive, resolution
 from amnet.core.errors import EXIT_FAIL, InputError
-from amnet.core.fileio import load_npz, write_text
+from amnet.core.fileio import check_output_dir, check_output_path, load_npz, write_text
 from amnet.core.runner import MODEL_INPUTS
 from runtimes import registry
 
@@ -55,6 +55,25 @@ def _reference(args, feeds: dict) -> tuple[dict, str]:
         return run_in_batches(runner, feeds, None), f"PyTorch FP32 ({Path(args.checkpoint).name}, loop GC)"
 
 
+def preflight(args, resolutions: list[int], gate: bool = True, timed: bool = True) -> None:
+    """Every option checked before any work and any write: a refused run costs nothing and replaces nothing."""
+    needs_checkpoint = timed or (gate and not args.reference)
+    if needs_checkpoint and not Path(args.checkpoint).is_file():
+        raise InputError(f"checkpoint not found: {args.checkpoint}")
+    if gate:
+        from amnet.core.limits import load_limits
+
+        load_limits(Path(args.thresholds) if args.thresholds else None, args.threshold, registry.backends())
+        for r in resolutions if args.inputs or args.reference else ():
+            feeds, _ = _inputs(args, r)
+            if args.reference:
+                _reference(args, feeds)
+    if timed:
+        from benchmarks.bench import usable_isas
+
+        usable_isas(tuple(args.isa))
+
+
 def selected_variants(args, resolution: int) -> list:
     from benchmarks.parity import collect_variants
 
@@ -87,7 +106,8 @@ def run_parity(args, resolution: int, out_dir: Path) -> dict:
 def cmd_parity(args) -> int:
     from benchmarks.parity import markdown
 
-    out_dir = Path(args.report)
+    out_dir = check_output_dir(args.report, "parity.json", "parity.md", "parity.junit.xml")
+    preflight(args, [args.resolution], timed=False)
     report = run_parity(args, args.resolution, out_dir)
     report["passed"] = all(r["passed"] for r in report["variants"])
     print(markdown(report))
@@ -108,6 +128,10 @@ def cmd_diagnose(args) -> int:
     from benchmarks.diagnose import diagnose, summary_line, write_reports
     from benchmarks.parity import collect_variants
 
+    check_output_dir(args.report, "diagnose.json", "diagnose.md", "diagnose.png",
+                     *(("sensitivity.json", "sensitivity.md", "sensitivity.png") if args.sensitivity else ()))
+    if args.sensitivity:
+        check_output_path(args.scope_out or Path(args.report) / "int8_scope.json")
     variants = {v.name: v for v in collect_variants(Path(args.build))}
     if args.variant not in variants:
         raise InputError(f"no variant {args.variant!r} in {args.build}; it holds {', '.join(sorted(variants))}")
@@ -135,6 +159,7 @@ def _sensitivity(args, model, variant, feeds) -> int:
     source = artifacts.resolve(Path(args.build) / variant.extra.get("from", variant.path.name))
     if source.suffix != ".onnx" or not source.is_file():
         raise InputError(f"--sensitivity needs the FP32 ONNX {variant.name} was built from, in {args.build}")
+    source = artifacts.verified_file(source)
     reference = reference_outputs(model, feeds)["face"]
     report = sensitivity.scan(source, feeds, reference, args.budget_db, args.calib_samples, variant.batch or 1)
     scope_file = Path(args.scope_out or Path(args.report) / "int8_scope.json")
@@ -149,23 +174,26 @@ def run_bench(args, resolution: int) -> dict:
     from benchmarks.bench import bench
 
     variants = selected_variants(args, resolution)
+    if not variants:
+        raise InputError(f"no variant at {resolution}² in {args.build}{' matching --only' if args.only else ''}")
     gflops = None
-    checkpoint = args.checkpoint if Path(args.checkpoint).is_file() else None
-    if checkpoint and not registry.get("pytorch").missing():
+    checkpoint = args.checkpoint
+    if not registry.get("pytorch").missing():
         from amnet.checkpoint import load_checkpoint
         from amnet.flops import gflops_per_frame
 
         gflops = gflops_per_frame(load_checkpoint(checkpoint).require_full(), resolution)
     return bench(variants, checkpoint, resolution, args.threads or 2, args.iters, gflops=gflops,
-                 progress=not args.quiet, isas=tuple(args.isa))
+                 progress=not args.quiet, isas=tuple(args.isa), verify=not args.no_verify)
 
 
 def cmd_bench(args) -> int:
     from benchmarks.bench import machine_info, markdown
 
+    out = check_output_dir(args.report, "bench.json", "bench.md")
+    preflight(args, [args.resolution], gate=False)
     report = run_bench(args, args.resolution)
     report["machine"] = machine_info(args.threads or 2)
-    out = Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "bench.json", json.dumps(report, indent=1) + "\n")
     text = markdown(report)
@@ -290,8 +318,17 @@ def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
     return result, text
 
 
+def choose_outputs(out_dir, resolutions) -> None:
+    """The names `choose` writes for these resolutions, checked before any work (its parity folder included)."""
+    for r in resolutions:
+        check_output_dir(out_dir, f"choose_{r}.json", f"choose_{r}.md", f"speed_{r}.png")
+        check_output_dir(Path(out_dir) / f"parity_{r}", "parity.json", "parity.md", "parity.junit.xml")
+
+
 def cmd_choose(args) -> int:
     out_dir = Path(args.report)
+    choose_outputs(out_dir, [args.resolution])
+    preflight(args, [args.resolution])
     result, text = choose(args, args.resolution, out_dir)
     print(json.dumps(result["ranked"], indent=1) if args.json else text)
     return 0 if result["recommended"] else EXIT_FAIL
@@ -337,9 +374,11 @@ def cmd_pipeline(args) -> int:
     from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
 
     t0 = time.time()
-    out = Path(args.output)
-    build_dir = out / "build"
+    out = check_output_dir(args.output, "report.md", "report.json")
+    build_dir = check_output_dir(out / "build", "manifest.json")
     args.build = str(build_dir)
+    choose_outputs(out, args.resolutions)
+    preflight(args, args.resolutions)
     sections = []
     info = summary(load_checkpoint(args.checkpoint))
     info["path"] = display_path(info["path"])
@@ -378,19 +417,20 @@ def cmd_pipeline(args) -> int:
 
 
 def add_commands(sub) -> None:
-    def common(s, build=True):
+    def common(s, build=True, gate=True):
         checkpoint_arg(s, "for the reference and eager timing ")
         if build:
             s.add_argument("--build", required=True, help="build folder (its manifest.json lists the variants)")
         s.add_argument("--resolution", type=resolution, default=256)
-        s.add_argument("--inputs", help="npz with source/audio/pose/eye (default: held-out real inputs)")
-        s.add_argument("--samples", type=positive("--samples"), default=24,
-                       help="held-out samples to use (at most the 47 calibration_data/heldout.npz holds)")
-        s.add_argument("--reference", help="npz of reference outputs saved earlier (no torch needed)")
-        s.add_argument("--thresholds", help="thresholds JSON (default amnet/core/thresholds.json)")
-        s.add_argument("--threshold", action="append", metavar="GROUP.OUT.METRIC_min=V",
-                       help="override one limit, e.g. int8.face.psnr_min=30 or openvino-int8.face.ssim_min=0.98 "
-                            "(repeatable; beats the file)")
+        if gate:  # the options of the fidelity gate (bench times; it compares nothing)
+            s.add_argument("--inputs", help="npz with source/audio/pose/eye (default: held-out real inputs)")
+            s.add_argument("--samples", type=positive("--samples"), default=24,
+                           help="held-out samples to use (at most the 47 calibration_data/heldout.npz holds)")
+            s.add_argument("--reference", help="npz of reference outputs saved earlier (no torch needed)")
+            s.add_argument("--thresholds", help="thresholds JSON (default amnet/core/thresholds.json)")
+            s.add_argument("--threshold", action="append", metavar="GROUP.OUT.METRIC_min=V",
+                           help="override one limit, e.g. int8.face.psnr_min=30 or openvino-int8.face.ssim_min=0.98 "
+                                "(repeatable; beats the file)")
         s.add_argument("--only", help="comma-separated substrings of variant names to include")
         s.add_argument("--threads", type=THREADS, default=min(2, os.cpu_count() or 1))
         s.add_argument("--iters", type=positive("--iters"), default=30, help="timed iterations per variant")
@@ -398,8 +438,9 @@ def add_commands(sub) -> None:
                        help="bench once per oneDNN ISA cap, e.g. native,AVX2,AVX512_CORE (ONEDNN_MAX_CPU_ISA for "
                             "OpenVINO and PyTorch): the rows an AVX2 laptop would see, from one machine")
         float_precision_arg(s)
-        s.add_argument("--no-faces", action="store_true",
-                       help="waive the dlib detection/landmark checks (otherwise they must run, or the gate fails)")
+        if gate:
+            s.add_argument("--no-faces", action="store_true",
+                           help="waive the dlib detection/landmark checks (otherwise they must run, or the gate fails)")
         s.add_argument("--no-verify", action="store_true", help="run artifacts whose sha256 differs from the manifest")
         s.add_argument("--quiet", action="store_true")
 
@@ -428,7 +469,7 @@ def add_commands(sub) -> None:
     s.set_defaults(func=cmd_diagnose)
 
     s = sub.add_parser("bench", help="latency, FPS, RSS, cold start and roofline of every variant vs eager")
-    common(s)
+    common(s, gate=False)
     s.add_argument("--report", default="reports/bench")
     s.set_defaults(func=cmd_bench)
 

@@ -94,11 +94,11 @@ def check_audio_delta(feeds: dict, expected: str | None) -> None:
 def cmd_signals(args) -> int:
     import numpy as np
 
-    from amnet.core.fileio import save_npz, write_text
+    from amnet.core.fileio import check_output_dir, save_npz, write_text
     from amnet.signals import extract
 
+    out = check_output_dir(args.output, "signals.npz", "report.json")
     arrays, report = extract(args.video, args.audio, args.delta, progress=not args.quiet)
-    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     arrays["audio_delta"] = np.array(args.delta)
     save_npz(out / "signals.npz", arrays, compressed=True)
@@ -116,7 +116,7 @@ def cmd_reenact(args) -> int:
         source=args.source, audio=args.audio, output=args.output, model=args.model, runtime=args.runtime,
         precision=args.precision, drive=args.drive, pose=args.pose, resolution=args.resolution, fps=args.fps,
         side_by_side=args.side_by_side, stream=args.stream, drop_late=args.drop_late, pcm_rate=args.pcm_rate,
-        threads=args.threads, progress=not args.quiet, warn=warn))
+        threads=args.threads, no_verify=args.no_verify, progress=not args.quiet, warn=warn))
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -289,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and emit each frame as soon as its window is complete; report per-frame latency")
     s.add_argument("--drop-late", action="store_true", help="--stream on a CPU slower than real time: skip frames "
                    "already a frame period late and repeat the next computed one (bounded latency, fewer distinct frames)")
-    s.add_argument("--pcm-rate", type=positive("--pcm-rate"), default=44100, help="sample rate of PCM on stdin")
+    s.add_argument("--no-verify", action="store_true", help="run an artifact whose sha256 differs from its manifest")
+    s.add_argument("--pcm-rate", type=positive("--pcm-rate", 384000), default=44100,
+                   help="sample rate of PCM on stdin (up to 384 kHz)")
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     float_precision_arg(s)
@@ -430,6 +432,10 @@ def _main(argv: list[str] | None) -> int:
         except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
             return e.code if isinstance(e.code, int) else EXIT_USAGE
         command = args.command
+        empty = [k for k in ("output", "report", "train_output", "scope_out", "grid")
+                 if isinstance(getattr(args, k, None), str) and not getattr(args, k).strip()]
+        if empty:  # Path("") is the current folder: an empty name must not write there
+            raise InputError(f"--{empty[0].replace('_', '-')} is empty")
         if getattr(args, "float_precision", None):
             from amnet.core.cpu import FLOAT_PRECISION_ENV
 

@@ -141,6 +141,25 @@ def verify(folder: Path, entry: dict) -> None:
                                  "rebuild it, or pass --no-verify to run it anyway")
 
 
+def verified_file(path: Path) -> Path:
+    """The current file of `path`, checked against the sha256 its manifest records; a loose file (no manifest
+    beside it) as it is. For files read as inputs (a build's ONNX, diagnose's source), as runners check theirs."""
+    path = Path(path)
+    found = entry_for(path)
+    if found is None:
+        refuse_unlisted(path)
+        return path
+    verify(*found)
+    return found[0] / found[1]["file"]
+
+
+def refuse_unlisted(path: Path) -> None:
+    """A file that lies in a build folder whose manifest does not list it: nothing vouches for its contents."""
+    if (Path(path).parent / MANIFEST).is_file():
+        raise IntegrityError(f"{Path(path).name} lies in a build folder whose {MANIFEST} does not list it, so "
+                             "nothing vouches for its contents: rebuild it, or pass --no-verify to run it anyway")
+
+
 # ---------------------------------------------------------------- writing
 
 @contextmanager

@@ -42,6 +42,17 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_output_dir(folder: str | os.PathLike, *names: str) -> Path:
+    """A report folder and every file name a command will write in it, checked before it writes any: a refused
+    run replaces nothing. The folder may not exist yet."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"refusing to write into {folder}: it is not a folder")
+    for name in names:
+        check_output_path(folder / name)
+    return folder
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path), fsync, then rename onto path: readers see the old file or the whole new one."""
     path = check_output_path(path)

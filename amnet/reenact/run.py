@@ -46,6 +46,7 @@ class Options:
     drop_late: bool = False  # streaming on a CPU slower than real time: skip frames already a period late
     pcm_rate: int = speech.SAMPLE_RATE
     threads: int | None = None
+    no_verify: bool = False  # run an artifact whose sha256 differs from its manifest
     progress: bool = True
     warn: object = print  # one-line warnings go here
 
@@ -94,7 +95,8 @@ def open_model(opts: Options):
     declared = backend.options if backend is not None else ()
     options = {"mode": "throughput"} if not opts.stream and "mode" in declared else {}
     options |= {"hold_source": True} if "hold_source" in declared else {}
-    runner = open_runner(model, threads=opts.threads, precision=opts.precision, runtime=opts.runtime, **options)
+    runner = open_runner(model, threads=opts.threads, precision=opts.precision, runtime=opts.runtime,
+                         verify=not opts.no_verify, **options)
     try:
         runner.activate()
     except BaseException:
@@ -131,8 +133,8 @@ class Job:
         from amnet.signals import FaceAnalyzer, read_video
 
         self.opts = opts
-        if not 0 < opts.fps <= 120:  # NaN too
-            raise InputError(f"--fps must be in (0, 120], got {opts.fps}")
+        if not 1 <= opts.fps <= 120:  # NaN too
+            raise InputError(f"--fps must be in [1, 120], got {opts.fps}")
         media.check_writable(opts.output)
         if opts.audio != "-" and not Path(opts.audio).is_file():
             raise InputError(f"audio not found: {opts.audio}")
@@ -322,6 +324,7 @@ def stream(job: Job) -> int:
     feats = speech.SpeechFeatures(job.delta, floor="causal")
     done = ready_frames = 0  # frames encoded; frames whose windows are complete
     heard: list[np.ndarray] = []  # audio received, not yet encoded
+    peak = 0.0  # a stream of silence is refused at its end, as a silent file is at its start
     ended = False
     with job.writer() as out:
         while True:
@@ -334,6 +337,7 @@ def stream(job: Job) -> int:
             t = time.perf_counter()
             for a in arrived:
                 feats.push(a)
+                peak = max(peak, float(np.abs(a).max(initial=0.0)))
             if ended:
                 feats.finish()
                 ready_frames = speech.video_frames(feats.samples, opts.fps)
@@ -368,8 +372,11 @@ def stream(job: Job) -> int:
                 heard = []
                 job.timings.encode += time.perf_counter() - t
             if ended and done == ready_frames:
-                if done == 0:
-                    raise InputError("the audio stream ended before one frame's window was complete")
+                if done == 0 or feats.samples < speech.SAMPLE_RATE // 10:
+                    raise InputError(f"the audio stream ended after {feats.samples / speech.SAMPLE_RATE:.2f} s, "
+                                     "before one frame's window was complete (need at least 0.1 s)")
+                if not peak >= speech.SILENCE:  # NaN too
+                    raise InputError("the audio stream was silent (peak below -60 dBFS): nothing to drive the mouth")
                 return out.frames
 
 
