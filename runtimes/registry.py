@@ -149,7 +149,8 @@ def open_runner(path: str | Path, threads: int | None = None, precision: str | N
                 raise IntegrityError(f"{artifacts.MANIFEST} gives no sha256 for {', '.join(unlisted)}, which "
                                      f"{path.name} needs (damaged or hand-edited): rebuild it, or pass --no-verify")
         if precision and str(precision) != found[1]["precision"]:
-            raise InputError(f"{path.name} is the {found[1]['precision']} {found[1]['runtime']} artifact, not {precision}")
+            raise InputError(f"{path.name} is the {found[1]['precision']} {found[1]['runtime']} artifact, "
+                             f"not {precision}")
         precision = precision or found[1]["precision"]
     elif verify:
         artifacts.refuse_unlisted(path)

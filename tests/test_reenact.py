@@ -331,8 +331,8 @@ def test_a_silent_or_empty_stdin_stream_is_refused_and_leaves_nothing(ov_build, 
     d, arts = ov_build
     out = tmp_path / "live.mp4"
     r = subprocess.run([sys.executable, "-m", "amnet.cli", "reenact", "--source", str(face), "--audio", "-",
-                        "--pcm-rate", "16000", "--stream", "--output", str(out), "--model", str(d / arts["int8"]["file"]),
-                        "--quiet"], input=pcm, capture_output=True, cwd=ROOT, timeout=300)
+                        "--pcm-rate", "16000", "--stream", "--output", str(out),
+                        "--model", str(d / arts["int8"]["file"]), "--quiet"], input=pcm, capture_output=True, cwd=ROOT, timeout=300)
     err = r.stderr.decode()
     assert r.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
