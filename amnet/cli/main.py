@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     from amnet.core.artifacts import Precision
 
     p = OneLineParser(prog="amnet-deploy", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("info", help="what a checkpoint holds: format, config, parameters, GFLOPs")
