@@ -176,8 +176,9 @@ def _open_bucket_dir(path: Path, threads, precision, verify, runtime, **options)
     if len(resolutions) > 1:
         raise InputError(f"{path} holds {runtime} {precision} models at several resolutions "
                          f"({', '.join(f'{r}²' for r in sorted(resolutions))}): pass one file instead")
-    if len({a["batch"] for a in chosen}) < len(chosen):
-        raise InputError(f"{path} holds several {runtime} {precision} models of one batch (GC forms?): pass one file")
+    if len({a["batch"] for a in chosen}) < len(chosen):  # e.g. the default and the GC-smoothed INT8 of `make run`
+        raise InputError(f"{path} holds several {runtime} {precision} models of one batch "
+                         f"({', '.join(sorted(a['name'] for a in chosen))}): pass one of them")
     return BucketedRunner({a["batch"]: open_runner(path / a["file"], threads, precision, verify, runtime, **options)
                            for a in chosen})
 

@@ -810,3 +810,17 @@ def test_a_checkpoint_runs_in_fp32_only_and_an_artifact_in_its_own_precision(che
         open_runner(checkpoint_file, precision="int8")
     with pytest.raises(InputError, match="is the fp32 onnxruntime artifact, not int8"):
         open_runner(d / "amnet_full_b1_r32.onnx", precision="int8")
+
+
+def test_a_folder_with_two_models_of_one_batch_names_them(small_build, tmp_path):
+    from amnet.core.errors import InputError
+    from runtimes.registry import open_runner
+
+    d, _ = small_build
+    build = copy_build(d, tmp_path / "b")
+    manifest = json.loads((build / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "amnet_full_b1_r32.onnx")
+    manifest["artifacts"].append({**entry, "name": "amnet_full_b1_r32_gcs.onnx"})  # as `make run` leaves two INT8
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"amnet_full_b1_r32\.onnx, amnet_full_b1_r32_gcs\.onnx\): pass one of them"):
+        open_runner(build, runtime="onnxruntime", precision="fp32")
