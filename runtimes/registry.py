@@ -176,9 +176,11 @@ def _open_bucket_dir(path: Path, threads, precision, verify, runtime, **options)
     if len(resolutions) > 1:
         raise InputError(f"{path} holds {runtime} {precision} models at several resolutions "
                          f"({', '.join(f'{r}²' for r in sorted(resolutions))}): pass one file instead")
-    if len({a["batch"] for a in chosen}) < len(chosen):  # e.g. the default and the GC-smoothed INT8 of `make run`
-        raise InputError(f"{path} holds several {runtime} {precision} models of one batch "
-                         f"({', '.join(sorted(a['name'] for a in chosen))}): pass one of them")
+    batches = [a["batch"] for a in chosen]
+    twins = sorted(a["name"] for a in chosen if batches.count(a["batch"]) > 1)
+    if twins:  # e.g. the default and the GC-smoothed INT8 that `make run` builds
+        raise InputError(f"{path} holds several {runtime} {precision} models of one batch ({', '.join(twins)}): "
+                         "pass one of them")
     return BucketedRunner({a["batch"]: open_runner(path / a["file"], threads, precision, verify, runtime, **options)
                            for a in chosen})
 
