@@ -39,9 +39,11 @@ class Loaded:
     discriminator: Discriminator | None = None
 
     def require_full(self) -> AMNet:
-        if "reenactor" not in self.components:
-            raise CheckpointError(f"{self.path.name} holds only the fuser φ ({self.format}); "
-                                  "running AMNet needs the reenactor ψ (netG) too")
+        missing = [c for c in ("fuser", "reenactor") if c not in self.components]
+        if missing:  # a missing part would run with random weights
+            names = {"fuser": "the fuser φ (netA)", "reenactor": "the reenactor ψ (netG)"}
+            raise CheckpointError(f"{self.path.name} lacks {' and '.join(names[c] for c in missing)} "
+                                  f"({self.format}): running AMNet needs both")
         return self.model
 
 
@@ -120,6 +122,8 @@ def _load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> Non
     if unexpected:
         raise CheckpointError(f"{what}: unexpected keys {', '.join(unexpected[:4])}{' …' if len(unexpected) > 4 else ''}")
     bad = [f"{k} {tuple(sd[k].shape)} vs expected {tuple(own[k].shape)}" for k in own if sd[k].shape != own[k].shape]
+    bad += [f"{k} is {str(sd[k].dtype).replace('torch.', '')}, not a float tensor" for k in own
+            if own[k].is_floating_point() and not sd[k].is_floating_point()]  # int/bool/complex: not weights
     if bad:
         raise CheckpointError(f"{what}: shape mismatch: {'; '.join(bad[:3])}{' …' if len(bad) > 3 else ''}")
     module.load_state_dict({k: v.float() for k, v in sd.items()})
@@ -176,7 +180,8 @@ def load_checkpoint(path: str | os.PathLike, gc_form: str = "loop") -> Loaded:
         loaded = _load_safetensors(path, digest, gc_form)
     else:
         loaded = _load_official(path, digest, gc_form)
-    broken = [n for n, t in loaded.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    parts = [("", loaded.model)] + ([("discriminator.", loaded.discriminator)] if loaded.discriminator else [])
+    broken = [p + n for p, m in parts for n, t in m.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
     if broken:  # every output would be NaN: refused here, once, for every command
         raise CheckpointError(f"{path.name} holds NaN/Inf weights ({broken[0]}"
                               f"{f' and {len(broken) - 1} more tensors' if len(broken) > 1 else ''}): a diverged run?")
@@ -230,6 +235,8 @@ def _load_official(path: Path, digest: str, gc_form: str) -> Loaded:
     config, sd = official_to_ours(netG, netA)
     model = AMNet(config, gc_form)
     components = [c for c in ("fuser", "reenactor") if any(k.startswith(c + ".") for k in sd)]
+    if not components:
+        raise CheckpointError(f"{path.name} holds no weights (netG and netA are empty)")
     for c in components:
         _load_into(getattr(model, c), _split(sd, c), f"{path.name} [{'netA' if c == 'fuser' else 'netG'}]")
     return Loaded(model, config, fmt, path, digest, components)

@@ -101,6 +101,28 @@ class PairSampler:
             yield source, self.audio[idx], pose, eye, target, landmarks
 
 
+def check_training_data(data: dict[str, np.ndarray]) -> int:
+    """The number of pairs, or one InputError naming what is wrong (a bad set would train NaN or crash midway)."""
+    from amnet.core.errors import InputError
+
+    want = {"face": (4, "u"), "audio": (3, "f"), "pose": (2, "f"), "eye": (2, "f"), "landmarks": (2, "f"),
+            "identity": (1, "iu")}
+    n = len(data["face"]) if "face" in data and data["face"].ndim else 0
+    for key, (ndim, kinds) in want.items():
+        v = data.get(key)
+        if v is None or v.ndim != ndim or v.dtype.kind not in kinds or len(v) != n:
+            got = "missing" if v is None else f"{v.dtype} {'×'.join(map(str, v.shape))}"
+            raise InputError(f"training data: {key} must be {ndim}-D {'uint8' if kinds == 'u' else kinds} with "
+                             f"{n} rows (one per face), got {got}")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise InputError(f"training data: {key} holds NaN/Inf")
+    if data["face"].shape[-1] != 3 or data["audio"].shape[1:] != (64, 60) or data["pose"].shape[1] != 3 \
+            or data["eye"].shape[1] != 2:
+        raise InputError("training data: face must be N×H×W×3, audio N×64×60, pose N×3, eye N×2 "
+                         "(as `amnet-deploy dataset` writes them)")
+    return n
+
+
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     """Constant, then (from ``decay_from``) linear decay to zero at the last epoch."""
     if cfg.decay_from is None or epoch < cfg.decay_from:
@@ -134,11 +156,16 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
     """Train (or, with ``init``, fine-tune from a checkpoint's weights); ``resume`` continues the run folder."""
     from tqdm import tqdm
 
+    from amnet.core.errors import InputError
+
+    check_training_data(data)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt, state_path = out_dir / "amnet.safetensors", out_dir / "train_state.pt"
+    if resume and ckpt.is_file() and not state_path.is_file():  # resuming "from scratch" would replace a model
+        raise InputError(f"{out_dir} holds amnet.safetensors but no train_state.pt: nothing to resume from "
+                         "(train into another --output)")
     G, D = AMNet(model_config, gc_form="grouped"), Discriminator()  # same maths as the loop, one conv per GC
     opt_g = torch.optim.Adam(G.parameters(), cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), cfg.lr, betas=(0.5, 0.999))
@@ -146,16 +173,29 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
     start_epoch, step, elapsed = 0, 0, 0.0
     started_from = None  # the checkpoint a fine-tune started from (provenance)
     if resume and ckpt.is_file() and state_path.is_file():
+        import zipfile
+
         loaded = load_checkpoint(ckpt)
+        have = (loaded.config.kernel, loaded.config.landmarks, loaded.config.audio_delta)
+        want = (model_config.kernel, model_config.landmarks, model_config.audio_delta)
+        if have != want:
+            raise InputError(f"{out_dir} is a run with GC k, L, audio deltas = {have}; this data and these options "
+                             f"make {want}: resume it with the same, or train into another --output")
         started_from = loaded.config.extra.get("init")
-        G.load_state_dict(loaded.model.state_dict())
-        if loaded.discriminator is not None:
-            D.load_state_dict(loaded.discriminator.state_dict())
-        state = torch.load(state_path, weights_only=True)
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
-        history = json.loads(state["history"])
+        try:  # torch's zip format only: nothing else reaches the unpickler, which is weights_only anyway
+            if not zipfile.is_zipfile(state_path):
+                raise ValueError("not a torch zip archive")
+            state = torch.load(state_path, weights_only=True)
+            G.load_state_dict(loaded.model.state_dict())
+            if loaded.discriminator is not None:
+                D.load_state_dict(loaded.discriminator.state_dict())
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            start_epoch, step, elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
+            history = json.loads(state["history"])
+        except Exception as e:  # noqa: BLE001 - zip, unpickler, key and shape errors all mean the same
+            raise InputError(f"{state_path} is damaged or from another run ({str(e).splitlines()[0][:100]}): "
+                             "train into another --output") from None
     elif init is not None:  # a fresh run folder only: --resume continues from the folder's own state
         loaded = load_checkpoint(init)
         start = loaded.require_full()
@@ -170,6 +210,7 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
         if loaded.discriminator is not None:
             D.load_state_dict(loaded.discriminator.state_dict())
     sampler = PairSampler(data, cfg.resolution, cfg.seed + start_epoch, cfg.flip, cfg.crop)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after every check: a refused run leaves no folder behind
     G.train(), D.train()
     t0 = time.time() - elapsed
     stop = False

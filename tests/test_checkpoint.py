@@ -69,7 +69,7 @@ def test_fuser_only_file(tmp_path, official_layout):
     torch.save({"audio_net": sd["netA"]}, path)
     loaded = load_checkpoint(path)
     assert loaded.format == "official-fuser" and loaded.components == ["fuser"]
-    with pytest.raises(CheckpointError, match="only the fuser"):
+    with pytest.raises(CheckpointError, match="lacks the reenactor"):
         loaded.require_full()
 
 
@@ -176,3 +176,33 @@ def test_infer_refuses_a_delta_mismatch(checkpoint_file, tmp_path):
     np.savez(tmp_path / "in.npz", audio_delta=np.array("time"), **feeds)
     assert main(["infer", str(checkpoint_file), "--inputs", str(tmp_path / "in.npz"),
                  "--output", str(tmp_path / "o.npz")]) == 2
+
+
+@pytest.mark.parametrize("edit", ["int weights", "complex weights", "no fuser", "both empty"])
+def test_official_files_that_would_run_wrong_weights_are_refused(tmp_path, official_layout, edit):
+    sd = official_state(official_layout)
+    g, a = dict(sd["netG"]), dict(sd["netA"])
+    first = next(iter(g))
+    if edit == "int weights":
+        g = {k: (v * 100).long() for k, v in g.items()}
+    elif edit == "complex weights":
+        g[first] = g[first].to(torch.complex64)
+    elif edit == "no fuser":
+        a = {}
+    else:
+        g, a = {}, {}
+    path = tmp_path / "G.pth"
+    torch.save({"netG": g, "netA": a}, path)
+    with pytest.raises(CheckpointError, match="not a float tensor|lacks the fuser|holds no weights"):
+        load_checkpoint(path).require_full()
+
+
+def test_a_nan_in_the_discriminator_is_refused_too(tmp_path, small_model):
+    from amnet.model import Discriminator
+
+    d = Discriminator()
+    with torch.no_grad():
+        next(d.parameters()).view(-1)[0] = float("nan")
+    path = save_checkpoint(tmp_path / "nan_d.safetensors", small_model, d)
+    with pytest.raises(CheckpointError, match=r"NaN/Inf weights \(discriminator\."):
+        load_checkpoint(path)

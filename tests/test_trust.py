@@ -824,3 +824,67 @@ def test_a_folder_with_two_models_of_one_batch_names_them(small_build, tmp_path)
     (build / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match=r"amnet_full_b1_r32\.onnx, amnet_full_b1_r32_gcs\.onnx\): pass one of them"):
         open_runner(build, runtime="onnxruntime", precision="fp32")
+
+
+# ---------------------------------------------------------------- third fuzzing pass
+
+def _training_set(n=4, res=32, **edits):
+    rng = np.random.default_rng(0)
+    data = {"face": rng.integers(0, 256, (n, res, res, 3), np.uint8),
+            "audio": rng.normal(0, 1, (n, 64, 60)).astype(np.float32),
+            "pose": rng.normal(0, .2, (n, 3)).astype(np.float32), "eye": np.full((n, 2), .3, np.float32),
+            "landmarks": rng.uniform(0, 1, (n, 136)).astype(np.float32), "identity": np.array([0, 0, 1, 1][:n])}
+    return {**data, **edits}
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"audio": np.full((4, 64, 60), np.nan, np.float32)}, "audio holds NaN"),
+    ({"pose": np.zeros((3, 3), np.float32)}, "pose must be"),
+    ({"face": np.zeros((4, 32, 32, 3), np.float32)}, "face must be"),
+    ({"landmarks": np.zeros(4, np.float32)}, "landmarks must be"),
+    ({"audio": np.zeros((4, 32, 60), np.float32)}, "audio N×64×60"),
+])
+def test_training_data_that_would_train_nan_or_crash_midway_is_one_line(tmp_path, capsys, edit, needle):
+    np.savez(tmp_path / "t.npz", **_training_set(**edit))
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "t.npz"), "--output", str(out), "--batch", "2", "--epochs", "1",
+                 "--resolution", "32"]) == 2
+    assert needle in capsys.readouterr().err and not out.exists()  # no folder left behind either
+
+
+def test_resume_refuses_what_it_cannot_resume(tmp_path, capsys):
+    np.savez(tmp_path / "t.npz", **_training_set())
+    run = tmp_path / "run"
+    argv = ["train", str(tmp_path / "t.npz"), "--output", str(run), "--batch", "2", "--epochs", "1",
+            "--resolution", "32", "--threads", "1"]
+    assert main(argv) == 0
+    model = (run / "amnet.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume", "--kernel", "3"]) == 2  # another config
+    assert "another --output" in capsys.readouterr().err
+    state = (run / "train_state.pt").read_bytes()
+    for damaged in (state[:1000], b"not a torch file"):
+        (run / "train_state.pt").write_bytes(damaged)
+        assert main([*argv, "--epochs", "2", "--resume"]) == 2
+        assert "damaged or from another run" in capsys.readouterr().err
+    (run / "train_state.pt").unlink()  # a model without its state: resuming "from scratch" would replace it
+    assert main([*argv, "--epochs", "2", "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err and (run / "amnet.safetensors").read_bytes() == model
+
+
+def test_a_manifest_entry_whose_files_are_gone_is_dropped_at_the_next_publish(small_build, checkpoint_file, tmp_path,
+                                                                               capsys):
+    d, _ = small_build
+    build = copy_build(d, tmp_path / "b")
+    gone = artifacts.resolve(build / "amnet_full_b1_r32.onnx")
+    gone.unlink()
+    assert main(["export", str(checkpoint_file), "--output", str(build), "--resolution", "32", "--batch", "2",
+                 "--no-parity", "--quiet"]) == 0
+    assert "amnet_full_b1_r32.onnx whose files are gone: dropped" in capsys.readouterr().err
+    names = {a["name"] for a in artifacts.read(build)["artifacts"]}
+    assert "amnet_full_b1_r32.onnx" not in names and "amnet_full_b2_r32.onnx" in names
+
+
+def test_a_file_name_with_a_newline_is_still_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "a\nb.safetensors")]) == 2
+    assert one_line(capsys.readouterr().err)

@@ -152,12 +152,13 @@ def cmd_train(args) -> int:
     import numpy as np
 
     from amnet.model import AMNetConfig
-    from amnet.train import TrainConfig, train
+    from amnet.train import TrainConfig, check_training_data, train
 
     data = load_npz(args.data)
     missing = {"face", "audio", "pose", "eye", "landmarks", "identity"} - set(data)
     if missing:
         raise InputError(f"{args.data} lacks {', '.join(sorted(missing))}: build it with `amnet-deploy dataset`")
+    check_training_data(data)
     if args.batch > len(data["face"]):  # no full batch: zero steps, an untrained checkpoint
         raise InputError(f"--batch {args.batch} is more than the {len(data['face'])} pairs in {args.data}")
     cfg = AMNetConfig(kernel=args.kernel, landmarks=int(data["landmarks"].shape[1]), resolution=args.resolution,
@@ -402,6 +403,11 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     print(f"amnet-deploy: warning: {str(message).splitlines()[0]}", file=sys.stderr)
 
 
+def _one_line(text) -> str:
+    """A message stays one line even when it quotes a file name holding a newline."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every cleanup path (temp files, pending build files) runs."""
 
@@ -447,7 +453,7 @@ def _main(argv: list[str] | None) -> int:
             warnings.filterwarnings("once", category=UserWarning, module="amnet")
             return args.func(args)
     except AmnetError as e:
-        print(f"amnet-deploy {command}: error: {e}", file=sys.stderr)
+        print(f"amnet-deploy {command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except ImportError as e:  # an optional extra this command needs (the torch-free install has none)
         top = (e.name or "").split(".")[0]
@@ -459,7 +465,7 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_USAGE
     except OSError as e:  # disk full, read-only folder, permission denied: the user's to fix
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"amnet-deploy {command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"amnet-deploy {command}: error: {_one_line(e.strerror or e)}{_one_line(where)}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated:
         print("terminated", file=sys.stderr)

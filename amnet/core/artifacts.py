@@ -239,6 +239,13 @@ def publish(stage: Stage, provenance: dict | None = None) -> dict:
             if provenance:
                 entry["provenance"] = {**provenance, **entry.get("provenance", {})}
             data["artifacts"] = [a for a in data["artifacts"] if a["name"] != entry["name"]] + [entry]
+        # An entry whose files were deleted by hand would otherwise be carried into the new manifest: dropped.
+        gone = [a["name"] for a in data["artifacts"] if not all((out_dir / f).is_file() for f in a["files"])]
+        if gone:
+            import warnings
+
+            warnings.warn(f"{out_dir}/{MANIFEST} listed {', '.join(gone)} whose files are gone: dropped from it")
+            data["artifacts"] = [a for a in data["artifacts"] if a["name"] not in gone]
         data["schema"] = SCHEMA
         data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_text(out_dir / MANIFEST, json.dumps(data, indent=1) + "\n")
