@@ -181,7 +181,8 @@ def load_checkpoint(path: str | os.PathLike, gc_form: str = "loop") -> Loaded:
     else:
         loaded = _load_official(path, digest, gc_form)
     parts = [("", loaded.model)] + ([("discriminator.", loaded.discriminator)] if loaded.discriminator else [])
-    broken = [p + n for p, m in parts for n, t in m.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    broken = [p + n for p, m in parts for n, t in m.state_dict().items()
+              if t.is_floating_point() and not t.isfinite().all()]
     if broken:  # every output would be NaN: refused here, once, for every command
         raise CheckpointError(f"{path.name} holds NaN/Inf weights ({broken[0]}"
                               f"{f' and {len(broken) - 1} more tensors' if len(broken) > 1 else ''}): a diverged run?")
