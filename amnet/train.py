@@ -112,8 +112,8 @@ def check_training_data(data: dict[str, np.ndarray]) -> int:
         v = data.get(key)
         if v is None or v.ndim != ndim or v.dtype.kind not in kinds or len(v) != n:
             got = "missing" if v is None else f"{v.dtype} {'×'.join(map(str, v.shape))}"
-            raise InputError(f"training data: {key} must be {ndim}-D {'uint8' if kinds == 'u' else kinds} with "
-                             f"{n} rows (one per face), got {got}")
+            kind = {"u": "uint8", "f": "float", "iu": "integer"}[kinds]
+            raise InputError(f"training data: {key} must be {ndim}-D {kind} with {n} rows (one per face), got {got}")
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             raise InputError(f"training data: {key} holds NaN/Inf")
     if data["face"].shape[-1] != 3 or data["audio"].shape[1:] != (64, 60) or data["pose"].shape[1] != 3 \

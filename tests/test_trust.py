@@ -433,11 +433,7 @@ def test_files_of_the_wrong_kind_are_one_line(checkpoint_file, small_build, tmp_
 
 
 def test_train_refuses_a_batch_larger_than_the_data(tmp_path, capsys):
-    from tests.conftest import random_inputs as ri
-
-    data = {**ri(3, 32), "face": np.zeros((3, 32, 32, 3), np.uint8), "landmarks": np.zeros((3, 136), np.float32),
-            "identity": np.zeros(3, np.int64)}
-    np.savez(tmp_path / "t.npz", **data)
+    np.savez(tmp_path / "t.npz", **_training_set(3))
     assert main(["train", str(tmp_path / "t.npz"), "--output", str(tmp_path / "run"), "--batch", "4",
                  "--resolution", "32"]) == 2
     assert "more than the 3 pairs" in capsys.readouterr().err and not (tmp_path / "run").exists()
