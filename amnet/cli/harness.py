@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from amnet import default_checkpoint
 from amnet.cli.args import THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, positive, resolution
 from amnet.core.errors import EXIT_FAIL, InputError
 from amnet.core.fileio import check_output_dir, check_output_path, load_npz, write_text
@@ -380,12 +381,17 @@ def cmd_pipeline(args) -> int:
     choose_outputs(out, args.resolutions)
     preflight(args, args.resolutions)
     sections = []
-    info = summary(load_checkpoint(args.checkpoint))
-    info["path"] = display_path(info["path"])
-    print(f"model: {info['path']} ({info['format']}, {info['parameters']})")
+    # No checkpoint given: each size runs its shipped model (the 128² one, and its 256² fine-tune at 256²).
+    shipped = args.checkpoint == str(default_checkpoint())
+    checkpoints = {r: str(default_checkpoint(r)) if shipped else args.checkpoint for r in args.resolutions}
+    infos = {}
+    for r, path in checkpoints.items():
+        infos[r] = summary(load_checkpoint(path))
+        infos[r]["path"] = display_path(infos[r]["path"])
+        print(f"model at {r}²: {infos[r]['path']} ({infos[r]['format']}, {infos[r]['parameters']})")
     quiet = args.quiet
     for r in args.resolutions:
-        export_checkpoint(args.checkpoint, build_dir, ExportOptions(PIPELINE_BATCHES, r, progress=not quiet))
+        export_checkpoint(checkpoints[r], build_dir, ExportOptions(PIPELINE_BATCHES, r, progress=not quiet))
         for name, backend in registry.backends().items():
             if backend.builder is None:
                 continue
@@ -393,21 +399,25 @@ def cmd_pipeline(args) -> int:
             if missing:  # e.g. TensorRT on a machine without a GPU: said once, the run goes on
                 print(f"{name} skipped: {missing}")
                 continue
-            source = args.checkpoint if backend.builds_from == "checkpoint" else build_dir
+            source = checkpoints[r] if backend.builds_from == "checkpoint" else build_dir
             build(source, name, build_dir, BuildOptions(backend.precisions, PIPELINE_BATCHES, r, progress=not quiet))
-        build_smoothed_int8(args.checkpoint, build_dir, r, quiet)
+        build_smoothed_int8(checkpoints[r], build_dir, r, quiet)
     results = {}
     for r in args.resolutions:
+        args.checkpoint = checkpoints[r]  # the reference and the eager timing of this size
         result, text = choose(args, r, out)
         results[r] = result
         sections.append(text)
     minutes = (time.time() - t0) / 60
-    head = ["# amnet-deploy report", "", f"Model: `{info['path']}` ({info['format']}, sha256 {info['sha256'][:12]}…), "
-            f"parameters {info['parameters']}.", f"Generated in {minutes:.1f} min on {_machine_line(results[args.resolutions[0]]['machine'])}.", ""]
+    models = [f"at {r}² `{i['path']}` ({i['format']}, sha256 {i['sha256'][:12]}…, parameters {i['parameters']})"
+              for r, i in infos.items()]
+    head = ["# amnet-deploy report", "", f"Model: {'; '.join(models)}.",
+            f"Generated in {minutes:.1f} min on {_machine_line(results[args.resolutions[0]]['machine'])}.", ""]
     report = "\n".join(head) + "\n".join(sections)
     write_text(out / "report.md", report)
     write_text(out / "report.json", json.dumps(
-        {"model": info, "minutes": round(minutes, 2), "results": {str(k): v for k, v in results.items()}},
+        {"models": {str(r): i for r, i in infos.items()}, "minutes": round(minutes, 2),
+         "results": {str(k): v for k, v in results.items()}},
         indent=1, default=float))
     print(report)
     print(f"report → {out}/report.md (+ report.json, parity_*/, choose_*.md)")

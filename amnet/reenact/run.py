@@ -81,7 +81,7 @@ def default_model(resolution: int | None, reports: Path = REPORTS) -> tuple[str,
         top, build = found.get("recommended") or {}, found.get("build")
         if top.get("file") and build and (Path(build) / top["file"]).exists():
             return str(Path(build) / top["file"]), f"recommended by {report}"
-    return str(default_checkpoint()), "the shipped checkpoint"
+    return str(default_checkpoint(resolution)), "the shipped checkpoint"
 
 
 def open_model(opts: Options):
