@@ -328,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
     s.add_argument("--crop", type=positive("--crop"), metavar="PX",
-                   help="train on random PX×PX windows of the --resolution pairs: e.g. --resolution 256 --crop 128 "
-                        "teaches 256²-scale detail at a quarter of the cost")
+                   help="train on random PX×PX windows of the --resolution pairs (a quarter of the cost at half the "
+                        "side; but InstanceNorm over a window is not over the face: the 256² fine-tune stalled on "
+                        "128² crops and moved on whole frames, see the model card)")
     s.add_argument("--init", metavar="CHECKPOINT",
                    help="fine-tune: start from this checkpoint's weights (e.g. the 128² default, at --resolution 256)")
     s.set_defaults(func=cmd_train)
