@@ -23,11 +23,11 @@ def setup(request, tmp_path_factory):
 
     r = request.param
     d = tmp_path_factory.mktemp(f"bench{r}")
-    export_checkpoint(default_checkpoint(), d, ExportOptions((1,), r, check_parity=False, progress=False))
+    export_checkpoint(default_checkpoint(r), d, ExportOptions((1,), r, check_parity=False, progress=False))
     build(d, "onnxruntime", d, BuildOptions(("int8",), (1,), r, 32, progress=False))
     build(d, "openvino", d, BuildOptions(("fp32", "int8"), (1,), r, 32, progress=False))
     # The GC-smoothed INT8 that `make run` builds beside the default one (amnet_full_b1_rR_gcs_ov_int8.xml).
-    export_checkpoint(default_checkpoint(), d, ExportOptions((1,), r, check_parity=False, progress=False,
+    export_checkpoint(default_checkpoint(r), d, ExportOptions((1,), r, check_parity=False, progress=False,
                                                             smooth_gc=PIPELINE_SMOOTH_GC))
     build(d, "openvino", d, BuildOptions(("int8",), (1,), r, 32, progress=False,
                                          int8_scope=shipped_smoothed_scope(r)))
@@ -35,7 +35,7 @@ def setup(request, tmp_path_factory):
     feeds = {"source": rng.uniform(-1, 1, (1, 3, r, r)).astype(np.float32),
              "audio": rng.normal(0, 30, (1, 1, 64, 60)).astype(np.float32),
              "pose": rng.normal(0, .2, (1, 3)).astype(np.float32), "eye": np.full((1, 2), .3, np.float32)}
-    return r, d, load_checkpoint(default_checkpoint(), gc_form="grouped").model, feeds
+    return r, d, load_checkpoint(default_checkpoint(r), gc_form="grouped").model, feeds
 
 
 def _bench(benchmark, runner, feeds):
