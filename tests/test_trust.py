@@ -446,6 +446,9 @@ def test_evaluate_refuses_broken_weights_and_a_foreign_training_set(small_model,
 
     np.savez(tmp_path / "t.npz", x=np.zeros(3))
     good = save_checkpoint(tmp_path / "good.safetensors", small_model)
+    (tmp_path / "grid.png").mkdir()
+    assert main(["evaluate", str(good), "--resolution", "32", "--grid", str(tmp_path / "grid.png")]) == 2
+    assert "is a folder" in capsys.readouterr().err
     assert main(["evaluate", str(good), "--resolution", "32", "--train", str(tmp_path / "t.npz")]) == 2
     assert "not a training set" in capsys.readouterr().err
     broken = __import__("copy").deepcopy(small_model)

@@ -176,6 +176,10 @@ def cmd_evaluate(args) -> int:
     from amnet.checkpoint import load_checkpoint
     from benchmarks.evaluate import evaluate
 
+    from amnet.core.fileio import check_output_path
+
+    if args.grid:  # before the minutes of work, not after
+        check_output_path(args.grid)
     train = Path(args.train) if args.train else None
     if train is not None and not train.is_file():
         raise InputError(f"{train} not found: build it with `amnet-deploy dataset` (or calibration_data/rebuild.sh)")
