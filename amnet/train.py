@@ -202,8 +202,6 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
         have = (start.config.kernel, start.config.landmarks, start.config.audio_delta)
         want = (model_config.kernel, model_config.landmarks, model_config.audio_delta)
         if have != want:
-            from amnet.core.errors import InputError
-
             raise InputError(f"{init}: GC k, L, audio deltas = {have} cannot start a run on {want}")
         G.load_state_dict(start.state_dict())
         started_from = str(init)

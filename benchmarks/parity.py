@@ -28,7 +28,7 @@ from amnet.core.errors import AmnetError, InputError
 from amnet.core.fileio import atomic_write, check_output_path, write_text
 from amnet.core.limits import FACE_CHECKS, parse_key
 from amnet.core.metrics import compare
-from amnet.core.runner import MODEL_INPUTS, run_in_chunks
+from amnet.core.runner import MODEL_INPUTS, run_in_chunks, run_in_flight
 
 
 @dataclass
@@ -253,17 +253,8 @@ def _mode_summary(checked: dict) -> dict:
 
 
 def run_throughput(runner, feeds: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
-    """All batches in flight at once (`infer_many`), outputs in input order; a short tail padded as
-    `run_in_batches` pads it."""
-    n, size = len(feeds["source"]), batch or 8
-    parts = []
-    for lo in range(0, n, size):
-        part = {k: x[lo:lo + size] for k, x in feeds.items()}
-        if batch and len(part["source"]) < size:
-            part = {k: np.concatenate([x, np.repeat(x[-1:], size - len(x), 0)]) for k, x in part.items()}
-        parts.append(part)
-    outs = runner.infer_many(parts)
-    return {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
+    """`run_in_batches` in throughput mode: all batches in flight at once."""
+    return run_in_flight(runner.infer_many, feeds, batch or 8, pad=batch is not None)
 
 
 def _actual_precision(runner) -> str:

@@ -178,13 +178,12 @@ def run_bench(args, resolution: int) -> dict:
     if not variants:
         raise InputError(f"no variant at {resolution}² in {args.build}{' matching --only' if args.only else ''}")
     gflops = None
-    checkpoint = args.checkpoint
     if not registry.get("pytorch").missing():
         from amnet.checkpoint import load_checkpoint
         from amnet.flops import gflops_per_frame
 
-        gflops = gflops_per_frame(load_checkpoint(checkpoint).require_full(), resolution)
-    return bench(variants, checkpoint, resolution, args.threads or 2, args.iters, gflops=gflops,
+        gflops = gflops_per_frame(load_checkpoint(args.checkpoint).require_full(), resolution)
+    return bench(variants, args.checkpoint, resolution, args.threads or 2, args.iters, gflops=gflops,
                  progress=not args.quiet, isas=tuple(args.isa), verify=not args.no_verify)
 
 

@@ -239,6 +239,22 @@ class BucketedRunner(Runner):
             r.close()
 
 
+def run_in_flight(infer_many, feeds: dict[str, np.ndarray], size: int, pad: bool = False) -> dict[str, np.ndarray]:
+    """`run_in_chunks` with every chunk handed over at once (a runner's `infer_many`: throughput mode), outputs in
+    input order; with ``pad`` the last chunk is padded as `run_in_chunks` pads it."""
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    if n == 0:
+        raise InputError("the inputs hold no samples (batch 0)")
+    parts = []
+    for lo in range(0, n, size):
+        part = {k: v[lo:lo + size] for k, v in feeds.items()}
+        if pad and n - lo < size:
+            part = {k: np.concatenate([v, np.repeat(v[-1:], size - len(v), 0)]) for k, v in part.items()}
+        parts.append(part)
+    outs = infer_many(parts)
+    return {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
+
+
 def run_in_chunks(run, feeds: dict[str, np.ndarray], chunk, pad: bool = False) -> dict[str, np.ndarray]:
     """Run a whole input set `chunk` samples at a time, into preallocated outputs (bounded memory).
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from amnet import speech
 from amnet.core.errors import InputError
-from amnet.core.runner import MODEL_INPUTS, run_in_chunks
+from amnet.core.runner import MODEL_INPUTS, run_in_chunks, run_in_flight
 from amnet.reenact import drive as drive_mod
 from amnet.reenact import media
 
@@ -194,12 +194,7 @@ class Job:
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         t = time.perf_counter()
         if getattr(self.runner, "mode", None) == "throughput" and self.batch:  # all batches in flight at once
-            n, b = len(feeds["source"]), self.batch
-            parts = [{k: v[i:i + b] for k, v in feeds.items()} for i in range(0, n - n % b, b)]
-            face = np.concatenate([o["face"] for o in self.runner.infer_many(parts)]) if parts else None
-            if n % b:  # a short tail runs padded, as run_in_chunks would
-                tail = run_in_chunks(self.runner.infer, {k: v[n - n % b:] for k, v in feeds.items()}, b, pad=True)
-                face = tail["face"] if face is None else np.concatenate([face, tail["face"]])
+            face = run_in_flight(self.runner.infer_many, feeds, self.batch, pad=True)["face"]
         else:
             face = run_in_chunks(self.runner.infer, feeds, self.batch or OFFLINE_BATCH,
                                  pad=self.batch is not None)["face"]
