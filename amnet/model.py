@@ -143,11 +143,18 @@ class GeometricController(nn.Module):
         self.weight_mlp = _mlp([GEO_DIM, 256, channels * kernel * kernel])
         self.bias_mlp = _mlp([GEO_DIM, 256, channels])
 
-    def forward(self, x: torch.Tensor, f_geo: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, f_geo: torch.Tensor, predicted=None) -> torch.Tensor:
+        """``predicted``: this GC's (weight, bias) computed already (by GCHeads), else from f_geo here."""
+        return self.apply_to(x, *(predicted if predicted is not None else self.predict(f_geo)))
+
+    def predict(self, f_geo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This sample's depthwise weights (N×C·k·k) and bias (N×C)."""
+        return self.weight_mlp(f_geo), self.bias_mlp(f_geo)
+
+    def apply_to(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         k = self.kernel
-        weight = self.weight_mlp(f_geo).reshape(n, c, k, k)
-        bias = self.bias_mlp(f_geo).reshape(n, c)
+        weight, bias = weight.reshape(n, c, k, k), bias.reshape(n, c)
         if self.form == "grouped":
             # Fold the batch into channels: sample i's channels become groups i·C … i·C+C−1.
             y = F.conv2d(x.reshape(1, n * c, h, w), weight.reshape(n * c, 1, k, k), bias.reshape(n * c),
@@ -168,6 +175,41 @@ class GeometricController(nn.Module):
                 F.conv2d(x[i:i + 1], weight[i].unsqueeze(1), bias[i], padding=k // 2, groups=c) for i in range(n)
             ])
         raise InputError(f"unknown GC form {self.form!r}; choose one of {GC_FORMS}")
+
+
+class GCHeads(nn.Module):
+    """The nine GCs' weight and bias MLPs (eighteen 256→256→C MLPs) as one matmul and one batched matmul.
+
+    Inference only: on a GPU at batch 1 each small linear layer is its own
+    kernel launch, and these 54 launches are a fifth of the model's. Built from
+    the GCs' current weights into non-persistent buffers (never saved: the
+    checkpoint keeps the per-GC layout); rebuild after changing them.
+    """
+
+    def __init__(self, gcs: nn.ModuleList):
+        super().__init__()
+        mlps = [m for gc in gcs for m in (gc.weight_mlp, gc.bias_mlp)]
+        if any(len(m) != 3 or m[0].in_features != GEO_DIM for m in mlps):
+            raise InputError("GC heads can only be fused for Linear-ReLU-Linear MLPs over f_Geo")
+        self.sizes = [m[2].out_features for m in mlps]
+        widest, hidden = max(self.sizes), mlps[0][0].out_features
+        with torch.no_grad():
+            w2 = torch.zeros(len(mlps), hidden, widest)
+            b2 = torch.zeros(len(mlps), 1, widest)
+            for i, m in enumerate(mlps):  # padded to the widest head; the padding's outputs are never read
+                w2[i, :, :m[2].out_features] = m[2].weight.t()
+                b2[i, 0, :m[2].out_features] = m[2].bias
+            self.register_buffer("w1", torch.cat([m[0].weight for m in mlps]).clone(), persistent=False)
+            self.register_buffer("b1", torch.cat([m[0].bias for m in mlps]).clone(), persistent=False)
+        self.register_buffer("w2", w2, persistent=False)
+        self.register_buffer("b2", b2, persistent=False)
+        self.hidden = hidden
+
+    def forward(self, f_geo: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        h = F.relu(F.linear(f_geo, self.w1, self.b1))  # N × (18·256)
+        out = torch.baddbmm(self.b2, h.reshape(len(f_geo), len(self.sizes), self.hidden).transpose(0, 1), self.w2)
+        heads = [out[i, :, :size] for i, size in enumerate(self.sizes)]
+        return list(zip(heads[0::2], heads[1::2]))
 
 
 class Reenactor(nn.Module):
@@ -191,13 +233,19 @@ class Reenactor(nn.Module):
             nn.ConvTranspose2d(104, 24, 3, 2, 1, output_padding=1, bias=False), nn.InstanceNorm2d(24), nn.ReLU(True),
             nn.Conv2d(24, 3, 7, 1, 3, bias=False), nn.Tanh(),
         )
+        self.gc_heads: GCHeads | None = None  # set by fuse_gc_heads()
 
     def forward(self, source: torch.Tensor, f_geo: torch.Tensor) -> torch.Tensor:
         check_spatial(source.shape)
         x = self.encoder(source)
-        for cell, gc in zip(self.cells, self.gcs):
-            x = gc(cell(x), f_geo)
+        predicted = self.gc_heads(f_geo) if self.gc_heads is not None else [None] * len(self.gcs)
+        for cell, gc, p in zip(self.cells, self.gcs, predicted):
+            x = gc(cell(x), f_geo, p)
         return self.decoder(x)
+
+    def fuse_gc_heads(self) -> None:
+        """Compute every GC's weights and bias in two kernels instead of 54 (inference; see GCHeads)."""
+        self.gc_heads = GCHeads(self.gcs).to(self.gcs[0].bias_mlp[0].weight)
 
 
 class Discriminator(nn.Module):

@@ -31,7 +31,7 @@ from amnet.core.runner import MODEL_INPUTS
 RESOLUTIONS = (128, 256)
 BATCHES = (1, 8, 64)
 SAMPLES = 24
-SECONDS_PER_TIMING = 1.5
+SECONDS_PER_TIMING = 1.0
 # Dense FP16 tensor-core TFLOP/s with FP32 accumulation (what PyTorch uses) and memory GB/s, from the vendor's
 # data sheets; matched against torch.cuda.get_device_name() in this order.
 PEAKS = (("H200", 989.0, 4800.0), ("H100 PCIe", 756.0, 2000.0), ("H100 NVL", 835.0, 3900.0), ("H100", 989.0, 3350.0),
@@ -142,14 +142,23 @@ def check_variants(build: Path, resolution: int, feeds: dict, refs: dict, limits
         if v.runtime != runtime:
             continue
         torch.cuda.reset_peak_memory_stats()
-        row = {"variant": v.name, "runtime": v.runtime, "precision": v.precision, "batch": v.batch}
-        with open_variant(v) as runner:
-            out = run_in_batches(runner, feeds, v.batch)
-            one = {k: feeds[k][:1].repeat(v.batch, 0) for k in MODEL_INPUTS}
-            row.update(time_calls(lambda: runner.infer(one), v.batch))
-            if hasattr(runner, "replay_only"):  # the same work without the numpy-in/numpy-out contract
-                row["replay_only"] = time_calls(runner.replay_only, v.batch)
-            row.update(getattr(runner, "device_stats", dict)())
+        row = {"variant": v.name, "runtime": v.runtime, "precision": v.precision, "batch": v.batch,
+               "compile": v.extra.get("compile") or "eager"}
+        try:
+            with open_variant(v) as runner:
+                row["load_s"] = runner.load_time  # with compile, tens of seconds
+                row["compile"] = runner.metadata.get("compile", "eager")
+                out = run_in_batches(runner, feeds, v.batch)
+                one = {k: feeds[k][:1].repeat(v.batch, 0) for k in MODEL_INPUTS}
+                row.update(time_calls(lambda: runner.infer(one), v.batch))
+                if hasattr(runner, "replay_only"):  # the same work without the numpy-in/numpy-out contract
+                    row["replay_only"] = time_calls(runner.replay_only, v.batch)
+                row.update(getattr(runner, "device_stats", dict)())
+        except Exception as e:  # noqa: BLE001 - a variant that cannot run is a failed row; the others go on
+            row.update(error=f"{type(e).__name__}: {str(e).strip()[:300]}", passed=False,
+                       failures=["could not run: " + f"{type(e).__name__}: {str(e).strip()[:300]}"])
+            rows.append(row)
+            continue
         for name, ref in refs.items():
             row[f"vs_{name}"] = {k: compare(ref[k], out[k], image=(k == "face")) for k in ("face", "landmarks")}
         bars = limits.for_variant(v.runtime, v.precision)
@@ -235,7 +244,7 @@ def run(out: Path, checkpoint: Path, resolutions=RESOLUTIONS, batches=BATCHES, b
         rows = check_variants(build_dir, r, feeds, refs, limits, model, peaks, "pytorch-cuda")
         report["nan_input_refused"] = report.get("nan_input_refused", True) and nan_probe(build_dir, r, feeds)
         plain = {b: plain_replay(model, b, r, feeds) for b in batches}
-        for row in rows:
+        for row in (r for r in rows if "fps" in r):
             row["x_plain_fp16_replay"] = row["fps"] / plain[row["batch"]]["fps"]
             if "replay_only" in row:
                 row["replay_only"]["x_plain"] = row["replay_only"]["fps"] / plain[row["batch"]]["replay_only"]["fps"]
@@ -268,6 +277,10 @@ def _row(rows, precision, batch):
                  r["runtime"] == "pytorch-cuda"), None)
 
 
+def _failed(bar: str, row: dict) -> tuple[str, dict]:
+    return bar, {"value": float("nan"), "met": False, "error": row["error"]}
+
+
 def bars(report) -> dict:
     """The issue's bars, each with the figure that meets or misses it."""
     want = {"128": {1: 1000, 64: 6000}, "256": {1: 650, 64: 1800}}
@@ -276,15 +289,21 @@ def bars(report) -> dict:
         rows = report["resolutions"].get(res, {}).get("rows", [])
         for b, fps in by_batch.items():
             r = _row(rows, "fp16", b)
-            if r:
+            if r and "error" in r:
+                out.update([_failed(f"fp16 {res}² b{b} ≥ {fps} FPS", r)])
+            elif r:
                 out[f"fp16 {res}² b{b} ≥ {fps} FPS"] = {"value": round(r["fps"], 1), "met": r["fps"] >= fps}
                 out[f"fp16 {res}² b{b} ≥ 1.0× plain replay"] = {"value": round(r["x_plain_fp16_replay"], 2),
                                                                  "met": r["x_plain_fp16_replay"] >= 1.0}
         for r in rows:
-            if r["runtime"] == "pytorch-cuda" and r["precision"] == "fp16":
+            if r["runtime"] != "pytorch-cuda" or r["precision"] not in ("fp16", "fp32"):
+                continue
+            if "error" in r:
+                out.update([_failed(f"{r['precision']} {res}² b{r['batch']} runs", r)])
+            elif r["precision"] == "fp16":
                 out[f"fp16 {res}² b{r['batch']} PSNR ≥ 55 dB vs CPU"] = {
                     "value": round(r["vs_cpu"]["face"]["psnr"], 1), "met": r["vs_cpu"]["face"]["psnr"] >= 55}
-            if r["runtime"] == "pytorch-cuda" and r["precision"] == "fp32":
+            else:
                 worst = float(np.max([r["vs_cpu"][k]["max_abs"] for k in ("face", "landmarks")]))
                 out[f"fp32 {res}² b{r['batch']} max abs ≤ 1e-4 vs CPU"] = {"value": worst, "met": worst <= 1e-4}
     return out
@@ -303,13 +322,17 @@ def markdown(report) -> str:
         lines += [f"## {res}×{res} ({data['gflops_per_frame']:.2f} GFLOP/frame)", "",
                   f"GPU FP32 reference (TF32 off, deterministic) vs CPU reference: face max abs {g['max_abs']:.2e}, "
                   f"PSNR {g['psnr']:.1f} dB.", "",
-                  "| variant | median ms | p99 ms | FPS | × plain FP16 replay | replay only: FPS (× plain) | GPU MB | "
-                  "% FP16 peak | % bandwidth | vs GPU ref: max abs / PSNR | vs CPU ref: max abs / PSNR | gate |",
-                  "|" + "---|" * 12]
+                  "| variant | compile (load s) | median ms | p99 ms | FPS | × plain FP16 replay | "
+                  "replay only: FPS (× plain) | GPU MB | % FP16 peak | % bandwidth | vs GPU ref: max abs / PSNR | "
+                  "vs CPU ref: max abs / PSNR | gate |",
+                  "|" + "---|" * 13]
         for r in data["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['variant']} | {r['compile']} |" + " |" * 10 + f" FAIL: {r['error']} |")
+                continue
             gref, cref = r["vs_gpu"]["face"], r["vs_cpu"]["face"]
             lines.append(
-                f"| {r['variant']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['fps']:.0f} | "
+                f"| {r['variant']} | {r['compile']} ({r['load_s']:.1f}) | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['fps']:.0f} | "
                 f"{r.get('x_plain_fp16_replay', float('nan')):.2f} | "
                 f"{r.get('replay_only', {}).get('fps', float('nan')):.0f} "
                 f"({r.get('replay_only', {}).get('x_plain', float('nan')):.2f}) | {r.get('gpu_memory_mb', float('nan')):.0f} | "

@@ -7,6 +7,7 @@ runner activates, on the GPU that runs it.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -38,17 +39,27 @@ def build(checkpoint: Path, out_dir: Path, opts) -> dict:
         sha = file_sha256(weights)
         if Precision.BF16 in opts.precisions and not torch.cuda.is_bf16_supported():
             raise RuntimeMissing(f"{gpu} has no BF16: build fp32,fp16")
+        triton = importlib.util.find_spec("triton") is not None  # without it, FP16 plans run eager
         jobs = [(b, p) for b in opts.batches for p in opts.precisions]
         for batch, precision in progress_bar(jobs, desc="pytorch-cuda", disable=not opts.progress, unit="plan"):
+            compiled = precision == Precision.FP16 and triton
             plan = {"format": PLAN_FORMAT, "weights": WEIGHTS, "weights_sha256": sha, "precision": str(precision),
                     "batch": batch, "resolution": opts.resolution,
-                    # Measured on an H200 (docs/gpu-check/): the grouped GC in NCHW beat the elementwise GC in
-                    # NHWC at every batch (0.35-0.96× of it): InstanceNorm and the depthwise GC conv are slow in NHWC.
-                    "gc_form": "grouped", "channels_last": False,
+                    # Measured on an H100 (docs/gpu-check/h100-options): TorchInductor's fused kernels ran FP16 at
+                    # 1.27-1.67× a plain CUDA-graph replay (20-24 s to compile each plan); the elementwise GC is
+                    # what it fuses into its neighbours. FP32 stays eager: the exact variant the 1e-4 gate judges.
+                    "compile": "inductor" if compiled else "eager",
+                    # Eager: the grouped GC in NCHW beat the elementwise GC in NHWC at every batch on an H200;
+                    # channels-last was 0.6-0.9× at 256² and at b64 (InstanceNorm and the depthwise convs).
+                    "gc_form": "elementwise" if compiled else "grouped", "channels_last": False,
+                    # The 54 small launches of the GCs' weight MLPs as two (amnet.model.GCHeads): 316 → 266
+                    # kernels per frame, 1.09-1.18× the replay speed at batch 1.
+                    "gc_heads": "fused",
                     "built_on": gpu, "torch": torch.__version__, "audio_delta": model.config.audio_delta}
             name = plan_name(batch, opts.resolution, str(precision))
             pending = write_text(stage.path(name), json.dumps(plan, indent=1) + "\n")
             stage.add({"name": name, "runtime": "pytorch-cuda", "part": "full", "gc_form": plan["gc_form"],
+                       "compile": plan["compile"],
                        "batch": batch, "resolution": opts.resolution, "precision": str(precision),
                        "audio_delta": plan["audio_delta"], "from": loaded.path.name}, [pending])
         return artifacts.publish(stage, {"source_checkpoint": loaded.path.name, "source_sha256": loaded.sha256,

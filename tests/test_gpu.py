@@ -45,6 +45,10 @@ def test_pytorch_cuda_builds_from_a_checkpoint_only(small_build, tmp_path, capsy
     ("not json", "not a readable CUDA plan"), ('{"format": "x"}', "not an amnet-cuda-plan/1"),
     ('{"format": "amnet-cuda-plan/1", "precision": "fp8", "batch": 1, "resolution": 64, "weights": "w"}', "malformed"),
     ('{"format": "amnet-cuda-plan/1", "precision": "fp16", "batch": 0, "resolution": 64, "weights": "w"}', "batch"),
+    ('{"format": "amnet-cuda-plan/1", "precision": "fp16", "batch": 1, "resolution": 64, "weights": "w", '
+     '"compile": "tensorrt"}', "compile must be one of inductor, eager"),
+    ('{"format": "amnet-cuda-plan/1", "precision": "fp16", "batch": 1, "resolution": 64, "weights": "w", '
+     '"gc_heads": 3}', "gc_heads must be one of"),
 ])
 def test_cuda_plans_are_validated(tmp_path, plan, message):
     from runtimes.pytorch_cuda_runner import read_plan
@@ -63,9 +67,12 @@ def test_gpu_report_tables_and_bars():
         return {"variant": f"pytorch-cuda-{precision}-b{batch}-r128", "runtime": "pytorch-cuda",
                 "precision": precision, "batch": batch, "median_ms": batch * 1e3 / fps, "p99_ms": 1.0, "fps": fps,
                 "x_plain_fp16_replay": 1.1, "gpu_memory_mb": 300, "pct_fp16_peak": 1.0, "pct_bandwidth": 2.0,
-                "vs_gpu": m, "vs_cpu": m, "passed": True, "failures": []}
+                "vs_gpu": m, "vs_cpu": m, "passed": True, "failures": [], "compile": "inductor", "load_s": 21.0}
 
-    rows = [row("fp16", 1, 1100, 60, 1e-3), row("fp16", 64, 5000, 59, 1e-3), row("fp32", 1, 400, 120, 5e-5)]
+    broken = {"variant": "pytorch-cuda-fp32-b64-r128", "runtime": "pytorch-cuda", "precision": "fp32", "batch": 64,
+              "compile": "eager", "error": "OutOfMemoryError: CUDA out of memory", "passed": False,
+              "failures": ["could not run: OutOfMemoryError"]}
+    rows = [row("fp16", 1, 1100, 60, 1e-3), row("fp16", 64, 5000, 59, 1e-3), row("fp32", 1, 400, 120, 5e-5), broken]
     report = {"gpu": "NVIDIA H200", "peaks": {"fp16_tflops": 989, "bandwidth_gbs": 4800}, "torch": "2.11",
               "cuda": "13.0", "cudnn": 91900, "checkpoint": "amnet.safetensors", "samples": 24, "minutes": 3,
               "tensorrt": "not importable", "resolutions": {"128": {
@@ -78,7 +85,9 @@ def test_gpu_report_tables_and_bars():
     assert report["bars"]["fp16 128² b64 ≥ 6000 FPS"]["met"] is False
     assert report["bars"]["fp32 128² b1 max abs ≤ 1e-4 vs CPU"]["met"] is True
     text = markdown(report)
-    assert "| pytorch-cuda-fp16-b1-r128 | 0.91 |" in text and "b64: 5000 FPS (9000 replay only)" in text and "| fp16 128² b64 ≥ 6000 FPS | 5e+03 | NO |" in text
+    assert report["bars"]["fp32 128² b64 runs"]["met"] is False  # a variant that could not run fails a bar
+    assert "| pytorch-cuda-fp32-b64-r128 | eager |" in text and "FAIL: OutOfMemoryError" in text
+    assert "| pytorch-cuda-fp16-b1-r128 | inductor (21.0) | 0.91 |" in text and "b64: 5000 FPS (9000 replay only)" in text and "| fp16 128² b64 ≥ 6000 FPS | 5e+03 | NO |" in text
     assert card_peaks("NVIDIA H100 80GB HBM3") == (989.0, 3350.0) and card_peaks("NVIDIA GeForce RTX 2080 Ti")
 
 

@@ -55,6 +55,27 @@ def test_whole_model_forms_agree(k):
     assert ref_face.abs().max() <= 1.0  # tanh output
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_fused_gc_heads_compute_every_gc_weight(k):
+    """GCHeads (two kernels for the 18 GC MLPs) gives each GC its own weights and bias, saves nothing extra."""
+    torch.manual_seed(2)
+    model = AMNet(AMNetConfig(kernel=k)).eval()
+    f_geo = torch.randn(3, 256)
+    args = (torch.rand(3, 3, 32, 24) * 2 - 1, torch.randn(3, 1, 64, 60), torch.randn(3, 3), torch.rand(3, 2))
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        ref = model(*args)
+        want = [gc.predict(f_geo) for gc in model.reenactor.gcs]
+        model.reenactor.fuse_gc_heads()
+        got = model.reenactor.gc_heads(f_geo)
+        face, lm = model(*args)
+    assert len(got) == 9 and [w.shape[1] for w, _ in got] == [c * k * k for c in model.reenactor.CELL_CHANNELS]
+    for (w, b), (w_ref, b_ref) in zip(got, want):
+        assert torch.allclose(w, w_ref, atol=1e-5) and torch.allclose(b, b_ref, atol=1e-5)
+    assert (face - ref[0]).abs().max() < 5e-5 and torch.equal(lm, ref[1])
+    assert set(model.state_dict()) == keys  # the fused buffers are never saved
+
+
 @pytest.mark.parametrize("h,w", [(30, 32), (32, 34), (6, 8)])
 def test_bad_spatial_size_is_a_clear_error(h, w):
     with pytest.raises(InputError, match="divisible by 4"):
