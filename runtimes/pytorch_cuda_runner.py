@@ -89,7 +89,9 @@ def gpu_reference(model, feeds: dict[str, np.ndarray], chunk: int = 8) -> dict[s
 
 class TorchCudaRunner(Runner):
     """Inputs are scanned for NaN/Inf and range inside the captured graph (min and max of each, copied back
-    with the outputs), so the host does not read every input twice more before the GPU sees it."""
+    with the outputs), so the host does not read every input twice more before the GPU sees it. Outputs are
+    numpy views of pinned host memory from PyTorch's cache: an array kept alive keeps its block pinned; what
+    is no longer held goes back to the OS at close()."""
 
     name = "pytorch-cuda"
     checks_values_on_device = True
