@@ -180,36 +180,44 @@ class GeometricController(nn.Module):
 class GCHeads(nn.Module):
     """The nine GCs' weight and bias MLPs (eighteen 256→256→C MLPs) as one matmul and one batched matmul.
 
-    Inference only: on a GPU at batch 1 each small linear layer is its own
-    kernel launch, and these 54 launches are a fifth of the model's. Built from
-    the GCs' current weights into non-persistent buffers (never saved: the
-    checkpoint keeps the per-GC layout); rebuild after changing them.
+    Inference only (a model in training mode ignores it): on a GPU at batch 1
+    each small linear layer is its own kernel launch, and these 54 launches are a
+    fifth of the model's. Built from the GCs' current weights into non-persistent
+    buffers (never saved: the checkpoint keeps the per-GC layout); rebuild after
+    changing them.
     """
 
     def __init__(self, gcs: nn.ModuleList):
         super().__init__()
         mlps = [m for gc in gcs for m in (gc.weight_mlp, gc.bias_mlp)]
-        if any(len(m) != 3 or m[0].in_features != GEO_DIM for m in mlps):
-            raise InputError("GC heads can only be fused for Linear-ReLU-Linear MLPs over f_Geo")
-        self.sizes = [m[2].out_features for m in mlps]
-        widest, hidden = max(self.sizes), mlps[0][0].out_features
+        hidden = mlps[0][0].out_features
+        if any(len(m) != 3 or m[0].in_features != GEO_DIM or m[0].out_features != hidden for m in mlps):
+            raise InputError("GC heads can only be fused for Linear-ReLU-Linear MLPs over f_Geo of one width")
+        self.hidden = hidden
         with torch.no_grad():
-            w2 = torch.zeros(len(mlps), hidden, widest)
-            b2 = torch.zeros(len(mlps), 1, widest)
-            for i, m in enumerate(mlps):  # padded to the widest head; the padding's outputs are never read
-                w2[i, :, :m[2].out_features] = m[2].weight.t()
-                b2[i, 0, :m[2].out_features] = m[2].bias
             self.register_buffer("w1", torch.cat([m[0].weight for m in mlps]).clone(), persistent=False)
             self.register_buffer("b1", torch.cat([m[0].bias for m in mlps]).clone(), persistent=False)
-        self.register_buffer("w2", w2, persistent=False)
-        self.register_buffer("b2", b2, persistent=False)
-        self.hidden = hidden
+            # Weight heads (C·k·k wide) and bias heads (C wide) as two batched matmuls, each padded only to the
+            # widest of its own kind; the padding's outputs are never read.
+            for kind, group in (("weight", [gc.weight_mlp for gc in gcs]), ("bias", [gc.bias_mlp for gc in gcs])):
+                widest = max(m[2].out_features for m in group)
+                w2, b2 = torch.zeros(len(group), hidden, widest), torch.zeros(len(group), 1, widest)
+                for i, m in enumerate(group):
+                    w2[i, :, :m[2].out_features] = m[2].weight.t()
+                    b2[i, 0, :m[2].out_features] = m[2].bias
+                self.register_buffer(f"{kind}_w2", w2, persistent=False)
+                self.register_buffer(f"{kind}_b2", b2, persistent=False)
+        self.weight_sizes = [gc.weight_mlp[2].out_features for gc in gcs]
+        self.bias_sizes = [gc.bias_mlp[2].out_features for gc in gcs]
 
     def forward(self, f_geo: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        h = F.relu(F.linear(f_geo, self.w1, self.b1))  # N × (18·256)
-        out = torch.baddbmm(self.b2, h.reshape(len(f_geo), len(self.sizes), self.hidden).transpose(0, 1), self.w2)
-        heads = [out[i, :, :size] for i, size in enumerate(self.sizes)]
-        return list(zip(heads[0::2], heads[1::2]))
+        gcs = len(self.weight_sizes)
+        h = F.relu(F.linear(f_geo, self.w1, self.b1))  # N × (GCs · 2 · hidden), weight then bias MLP per GC
+        h = h.reshape(len(f_geo), gcs, 2, self.hidden)
+        weights = torch.baddbmm(self.weight_b2, h[:, :, 0].transpose(0, 1), self.weight_w2)  # GCs × N × widest
+        biases = torch.baddbmm(self.bias_b2, h[:, :, 1].transpose(0, 1), self.bias_w2)
+        return [(weights[i, :, :w], biases[i, :, :b]) for i, (w, b) in enumerate(zip(self.weight_sizes,
+                                                                                     self.bias_sizes))]
 
 
 class Reenactor(nn.Module):
@@ -238,7 +246,8 @@ class Reenactor(nn.Module):
     def forward(self, source: torch.Tensor, f_geo: torch.Tensor) -> torch.Tensor:
         check_spatial(source.shape)
         x = self.encoder(source)
-        predicted = self.gc_heads(f_geo) if self.gc_heads is not None else [None] * len(self.gcs)
+        fused = self.gc_heads is not None and not self.training  # its weights are copies: inference only
+        predicted = self.gc_heads(f_geo) if fused else [None] * len(self.gcs)
         for cell, gc, p in zip(self.cells, self.gcs, predicted):
             x = gc(cell(x), f_geo, p)
         return self.decoder(x)

@@ -129,10 +129,14 @@ def plain_replay(model, batch: int, resolution: int, feeds: dict) -> dict:
     return result  # the graph and the model copy go with this frame
 
 
-def check_variants(build: Path, resolution: int, feeds: dict, refs: dict, limits, model, peaks, runtime: str) -> list:
-    """Parity vs both references and speed, for every full-model artifact of one runtime at one resolution."""
+def _reset_peak_memory() -> None:
     import torch
 
+    torch.cuda.reset_peak_memory_stats()
+
+
+def check_variants(build: Path, resolution: int, feeds: dict, refs: dict, limits, model, peaks, runtime: str) -> list:
+    """Parity vs both references and speed, for every full-model artifact of one runtime at one resolution."""
     from amnet.core.limits import FACE_CHECKS
     from amnet.core.metrics import compare
     from benchmarks.parity import collect_variants, judge, open_variant, run_in_batches
@@ -141,7 +145,7 @@ def check_variants(build: Path, resolution: int, feeds: dict, refs: dict, limits
     for v in sorted(collect_variants(build, resolution), key=lambda v: (v.precision, v.batch or 0)):
         if v.runtime != runtime:
             continue
-        torch.cuda.reset_peak_memory_stats()
+        _reset_peak_memory()
         row = {"variant": v.name, "runtime": v.runtime, "precision": v.precision, "batch": v.batch,
                "compile": v.extra.get("compile") or "eager"}
         try:
@@ -242,7 +246,12 @@ def run(out: Path, checkpoint: Path, resolutions=RESOLUTIONS, batches=BATCHES, b
         precisions = ("fp32", "fp16", "bf16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
         build(checkpoint, "pytorch-cuda", build_dir, BuildOptions(precisions, batches, r, progress=False))
         rows = check_variants(build_dir, r, feeds, refs, limits, model, peaks, "pytorch-cuda")
-        report["nan_input_refused"] = report.get("nan_input_refused", True) and nan_probe(build_dir, r, feeds)
+        try:
+            refused = nan_probe(build_dir, r, feeds)
+        except Exception as e:  # noqa: BLE001 - the probe could not run: not refused, and said why
+            refused = False
+            report.setdefault("errors", []).append(f"NaN probe {r}²: {type(e).__name__}: {str(e)[:300]}")
+        report["nan_input_refused"] = report.get("nan_input_refused", True) and refused
         plain = {b: plain_replay(model, b, r, feeds) for b in batches}
         for row in (r for r in rows if "fps" in r):
             row["x_plain_fp16_replay"] = row["fps"] / plain[row["batch"]]["fps"]
@@ -289,7 +298,9 @@ def bars(report) -> dict:
         rows = report["resolutions"].get(res, {}).get("rows", [])
         for b, fps in by_batch.items():
             r = _row(rows, "fp16", b)
-            if r and "error" in r:
+            if r is None:  # never built or never collected: a bar that was not measured is not met
+                out[f"fp16 {res}² b{b} ≥ {fps} FPS"] = {"value": float("nan"), "met": False, "error": "no such row"}
+            elif "error" in r:
                 out.update([_failed(f"fp16 {res}² b{b} ≥ {fps} FPS", r)])
             elif r:
                 out[f"fp16 {res}² b{b} ≥ {fps} FPS"] = {"value": round(r["fps"], 1), "met": r["fps"] >= fps}

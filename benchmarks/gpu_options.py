@@ -46,7 +46,7 @@ def configs():
             return {k: v.numpy() for k, v in out.items() if not k.startswith("_")}
 
     class StagedOutput(HostCopies):
-        """The runner's first scheme: outputs through fixed pinned buffers, then copied into new arrays."""
+        """The first runner's two output copies: device → pinned staging tensors, then into new arrays."""
 
         def _run(self, feeds):
             torch = self.torch

@@ -7,7 +7,6 @@ runner activates, on the GPU that runs it.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from amnet.core.artifacts import Precision, Stage
 from amnet.core.errors import RuntimeMissing
 from amnet.core.fileio import file_sha256, tool_versions, write_text
 from amnet.core.progress import progress_bar
-from runtimes.pytorch_cuda_runner import PLAN_FORMAT, cuda_torch
+from runtimes.pytorch_cuda_runner import PLAN_FORMAT, cuda_torch, has_triton
 
 WEIGHTS = "amnet_weights.safetensors"
 
@@ -39,15 +38,16 @@ def build(checkpoint: Path, out_dir: Path, opts) -> dict:
         sha = file_sha256(weights)
         if Precision.BF16 in opts.precisions and not torch.cuda.is_bf16_supported():
             raise RuntimeMissing(f"{gpu} has no BF16: build fp32,fp16")
-        triton = importlib.util.find_spec("triton") is not None  # without it, FP16 plans run eager
+        triton = has_triton()  # without it, FP16 plans run eager
         jobs = [(b, p) for b in opts.batches for p in opts.precisions]
         for batch, precision in progress_bar(jobs, desc="pytorch-cuda", disable=not opts.progress, unit="plan"):
             compiled = precision == Precision.FP16 and triton
             plan = {"format": PLAN_FORMAT, "weights": WEIGHTS, "weights_sha256": sha, "precision": str(precision),
                     "batch": batch, "resolution": opts.resolution,
-                    # Measured on an H100 (docs/gpu-check/h100-options): TorchInductor's fused kernels ran FP16 at
-                    # 1.27-1.67× a plain CUDA-graph replay (20-24 s to compile each plan); the elementwise GC is
-                    # what it fuses into its neighbours. FP32 stays eager: the exact variant the 1e-4 gate judges.
+                    # Measured on an H100 (docs/gpu-check/): TorchInductor's fused kernels ran FP16 at 1.32-1.70×
+                    # a plain CUDA-graph replay end to end (11-31 s to open a plan, the compile included); the
+                    # elementwise GC is what it fuses into its neighbours. FP32 stays eager, the variant the
+                    # 1e-4 gate judges; BF16 was not measured compiled.
                     "compile": "inductor" if compiled else "eager",
                     # Eager: the grouped GC in NCHW beat the elementwise GC in NHWC at every batch on an H200;
                     # channels-last was 0.6-0.9× at 256² and at b64 (InstanceNorm and the depthwise convs).
@@ -59,7 +59,7 @@ def build(checkpoint: Path, out_dir: Path, opts) -> dict:
             name = plan_name(batch, opts.resolution, str(precision))
             pending = write_text(stage.path(name), json.dumps(plan, indent=1) + "\n")
             stage.add({"name": name, "runtime": "pytorch-cuda", "part": "full", "gc_form": plan["gc_form"],
-                       "compile": plan["compile"],
+                       "compile": plan["compile"], "gc_heads": plan["gc_heads"],
                        "batch": batch, "resolution": opts.resolution, "precision": str(precision),
                        "audio_delta": plan["audio_delta"], "from": loaded.path.name}, [pending])
         return artifacts.publish(stage, {"source_checkpoint": loaded.path.name, "source_sha256": loaded.sha256,

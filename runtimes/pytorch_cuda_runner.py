@@ -3,17 +3,18 @@
 At batch 1 eager PyTorch on a GPU is launch-bound (hundreds of small kernels
 per frame); replaying a captured CUDA graph removes that overhead. A graph
 fixes every shape, so each batch bucket is its own artifact: a small JSON plan
-(``.cudaplan``: precision, batch, resolution, memory format, GC form) that
+(``.cudaplan``: precision, batch, resolution, memory format, GC form, whether
+the GC weight MLPs are fused, whether TorchInductor compiles the model) that
 names the weights, a checkpoint published once per build folder.
 
 FP32 runs with TF32 off (PyTorch enables it for cuDNN convolutions, which moves
-outputs by ~3e-3 and would miss the 1e-4 FP32 gate). The plan says which GC
-form and memory format to use; the builder picks the grouped GC in NCHW, the
-faster of the forms measured on an H200. `gpu_reference` is the parity reference on the GPU: eager,
-FP32, loop GC, TF32 off, deterministic cuDNN algorithms.
+outputs by ~3e-3 and would miss the 1e-4 FP32 gate). The builder's choices and
+their measurements are in export/pytorch_cuda_build.py. `gpu_reference` is the
+parity reference on the GPU: eager, FP32, loop GC, TF32 off, deterministic cuDNN algorithms.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -38,6 +39,15 @@ def cuda_torch():
         why = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device visible"
         raise RuntimeMissing(f"pytorch-cuda cannot run here ({why}, torch {torch.__version__}): {HINT}")
     return torch
+
+
+def has_triton() -> bool:
+    """Triton importable and able to run on this GPU (compute capability 7.0 or newer)."""
+    try:
+        from torch.utils._triton import has_triton as torch_has_triton
+    except ImportError:  # an older layout: Triton importable is the best one can say
+        return importlib.util.find_spec("triton") is not None
+    return torch_has_triton()
 
 
 def missing_cuda() -> str | None:
@@ -90,8 +100,8 @@ def gpu_reference(model, feeds: dict[str, np.ndarray], chunk: int = 8) -> dict[s
 class TorchCudaRunner(Runner):
     """Inputs are scanned for NaN/Inf and range inside the captured graph (min and max of each, copied back
     with the outputs), so the host does not read every input twice more before the GPU sees it. Outputs are
-    numpy views of pinned host memory from PyTorch's cache: an array kept alive keeps its block pinned; what
-    is no longer held goes back to the OS at close()."""
+    numpy views of pinned host memory from PyTorch's cache (blocks rounded up to a power of two): an array, or
+    a slice of one, kept alive keeps its block pinned; blocks no longer held go back to the OS at close()."""
 
     name = "pytorch-cuda"
     checks_values_on_device = True
@@ -124,7 +134,7 @@ class TorchCudaRunner(Runner):
         model = self._prepare(loaded.require_full().to("cuda", dtype).eval().to(memory_format=memory), plan)
         self.metadata = {"audio_delta": loaded.config.audio_delta, "gc_form": plan["gc_form"], "gpu":
                          torch.cuda.get_device_name(), "precision": plan["precision"],
-                         "compile": plan.get("compile") or "eager"}
+                         "compile": plan.get("compile") or "eager", "gc_heads": plan.get("gc_heads") or "per-gc"}
         self.inputs = [TensorSpec(k, shapes[k]) for k in MODEL_INPUTS]
         self.outputs = ["face", "landmarks"]
 
@@ -147,7 +157,10 @@ class TorchCudaRunner(Runner):
         self.cuda_graph = None
         if self.graph:
             self.cuda_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.cuda_graph, stream=self.stream):
+            # A compiled plan that recompiled here would compile inside the capture: fail loudly instead.
+            strict = (torch._dynamo.config.patch(error_on_recompile=True) if plan.get("compile") == "inductor"
+                      else contextlib.nullcontext())
+            with strict, torch.cuda.graph(self.cuda_graph, stream=self.stream):
                 self.static_out = forward()
         torch.cuda.synchronize()
 
@@ -159,16 +172,14 @@ class TorchCudaRunner(Runner):
         if plan.get("gc_heads") == "fused":
             model.reenactor.fuse_gc_heads()
         if plan.get("compile") == "inductor":
-            if importlib.util.find_spec("triton") is None:
-                raise RuntimeMissing(f"{self.path.name} is compiled with TorchInductor, which needs Triton here "
-                                     "(pip install triton), or rebuild it where Triton is missing (an eager plan)")
+            if not has_triton():
+                raise RuntimeMissing(f"{self.path.name} is compiled with TorchInductor, which needs Triton and a GPU "
+                                     "it supports here (pip install triton), or rebuild the plan here (eager)")
             config = torch._dynamo.config  # each plan adds one static shape of AMNet.forward to its cache
             limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
             setattr(config, limit, max(getattr(config, limit), 64))
+            # Compiled by the first warm-up call in _activate, from the inputs the captured calls use.
             model = torch.compile(model, fullgraph=True, dynamic=False)
-            with torch.inference_mode():  # compile now, not inside the capture
-                model(*(self.static_in[k].to(self.dtype) for k in MODEL_INPUTS))
-            torch.cuda.synchronize()
         return model
 
     def _run(self, feeds):
@@ -199,7 +210,8 @@ class TorchCudaRunner(Runner):
 
     def _close(self):
         torch = getattr(self, "torch", None)
-        self.cuda_graph = self.model = self.static_in = self.static_out = self.host_in = None
+        self.cuda_graph = self.model = self.forward = self.stream = None
+        self.static_in = self.static_out = self.host_in = None
         if torch is not None:
             torch.cuda.empty_cache()
             getattr(torch._C, "_host_emptyCache", lambda: None)()  # pinned output blocks no array still holds

@@ -86,9 +86,30 @@ def test_gpu_report_tables_and_bars():
     assert report["bars"]["fp32 128² b1 max abs ≤ 1e-4 vs CPU"]["met"] is True
     text = markdown(report)
     assert report["bars"]["fp32 128² b64 runs"]["met"] is False  # a variant that could not run fails a bar
+    report["resolutions"]["256"] = {"rows": []}  # a size whose rows never came: its bars fail, not vanish
+    assert not any(v["met"] for k, v in bars(report).items() if "256²" in k) and "fp16 256² b1 ≥ 650 FPS" in bars(report)
+    del report["resolutions"]["256"]
     assert "| pytorch-cuda-fp32-b64-r128 | eager |" in text and "FAIL: OutOfMemoryError" in text
     assert "| pytorch-cuda-fp16-b1-r128 | inductor (21.0) | 0.91 |" in text and "b64: 5000 FPS (9000 replay only)" in text and "| fp16 128² b64 ≥ 6000 FPS | 5e+03 | NO |" in text
     assert card_peaks("NVIDIA H100 80GB HBM3") == (989.0, 3350.0) and card_peaks("NVIDIA GeForce RTX 2080 Ti")
+
+
+def test_gpu_check_reports_a_variant_that_cannot_run(monkeypatch, tmp_path):
+    """A plan that fails to open (here: no CUDA) is a failed row with its reason; the check goes on."""
+    import benchmarks.gpu_check as gc
+    import benchmarks.parity as parity
+    from amnet.core.limits import load_limits
+    from benchmarks.parity import Variant
+
+    variants = [Variant(f"pytorch-cuda-{p}-b1-r128", "pytorch-cuda", p, tmp_path / f"{p}.cudaplan", 1, 128, {})
+                for p in ("fp16", "fp32")]
+    monkeypatch.setattr(parity, "collect_variants", lambda build, r: variants)
+    monkeypatch.setattr(gc, "_reset_peak_memory", lambda: None)
+    for v in variants:
+        v.path.write_text("{}")
+    rows = gc.check_variants(tmp_path, 128, {}, {}, load_limits(), None, None, "pytorch-cuda")
+    assert [r["passed"] for r in rows] == [False, False]
+    assert all(r["failures"][0].startswith("could not run: ") and r["error"] for r in rows)
 
 
 # ---------------------------------------------------------------- TensorRT runner behind a fake CUDA seam

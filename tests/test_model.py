@@ -74,6 +74,11 @@ def test_fused_gc_heads_compute_every_gc_weight(k):
         assert torch.allclose(w, w_ref, atol=1e-5) and torch.allclose(b, b_ref, atol=1e-5)
     assert (face - ref[0]).abs().max() < 5e-5 and torch.equal(lm, ref[1])
     assert set(model.state_dict()) == keys  # the fused buffers are never saved
+    with torch.no_grad():  # the forward really reads the fused heads: move one bias, the face moves
+        model.reenactor.gc_heads.bias_b2 += 0.5
+        assert (model(*args)[0] - face).abs().max() > 1e-3
+        # ... and a model in training mode ignores them (their weights are copies)
+        assert (model.train()(*args)[0] - ref[0]).abs().max() < 5e-5
 
 
 @pytest.mark.parametrize("h,w", [(30, 32), (32, 34), (6, 8)])
