@@ -24,8 +24,16 @@ test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
+# The suites as the CPU is, then (where it has more than AVX2) eager and OpenVINO under AVX2 kernels, then the
+# issue bars judged from both JSON files (reports/bench/bars.md).
+BENCH_OUT ?= reports/bench
+BENCH := $(BIN)/python -m pytest benchmarks/test_speed.py -q -p no:cacheprovider --benchmark-only --benchmark-enable --benchmark-columns=median,iqr,ops -o addopts=""
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks/test_speed.py -q -p no:cacheprovider --benchmark-only --benchmark-enable --benchmark-columns=median,iqr,ops -o addopts=""
+	mkdir -p $(BENCH_OUT) && rm -f $(BENCH_OUT)/avx2.json $(BENCH_OUT)/bars.*
+	$(BENCH) --benchmark-json=$(BENCH_OUT)/native.json
+	if $(BIN)/python -c 'from amnet.core.cpu import isa_name; raise SystemExit(isa_name() in ("AVX2", "SSE/AVX"))'; then \
+	  ONEDNN_MAX_CPU_ISA=AVX2 $(BENCH) -k "eager or openvino" --benchmark-json=$(BENCH_OUT)/avx2.json; fi
+	$(BIN)/python -m benchmarks.bars $(BENCH_OUT)
 
 clean:
 	rm -rf $(VENV) $(VENV)-gate reports build *.egg-info

@@ -25,7 +25,7 @@ def setup(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"bench{r}")
     export_checkpoint(default_checkpoint(r), d, ExportOptions((1,), r, check_parity=False, progress=False))
     build(d, "onnxruntime", d, BuildOptions(("int8",), (1,), r, 32, progress=False))
-    build(d, "openvino", d, BuildOptions(("fp32", "int8"), (1,), r, 32, progress=False))
+    build(d, "openvino", d, BuildOptions(("fp32", "fp16", "int8"), (1,), r, 32, progress=False))
     # The GC-smoothed INT8 that `make run` builds beside the default one (amnet_full_b1_rR_gcs_ov_int8.xml).
     export_checkpoint(default_checkpoint(r), d, ExportOptions((1,), r, check_parity=False, progress=False,
                                                             smooth_gc=PIPELINE_SMOOTH_GC))
@@ -61,12 +61,12 @@ def test_onnxruntime(benchmark, setup, variant):
     _bench(benchmark, open_runner(d / name, threads=THREADS), feeds)
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8", "gcs_int8"])
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8", "gcs_int8"])
 def test_openvino(benchmark, setup, variant):
     from runtimes.registry import open_runner
 
     r, d, _, feeds = setup
-    suffix = {"fp32": "_ov_fp32", "int8": "_ov_int8", "gcs_int8": "_gcs_ov_int8"}[variant]
+    suffix = {"fp32": "_ov_fp32", "fp16": "_ov_fp16", "int8": "_ov_int8", "gcs_int8": "_gcs_ov_int8"}[variant]
     _bench(benchmark, open_runner(d / f"amnet_full_b1_r{r}{suffix}.xml", threads=THREADS), feeds)
 
 

@@ -1,0 +1,129 @@
+"""The CPU speed bars of issues 14 and 15, judged from `make bench`'s pytest-benchmark JSON files.
+
+    python -m benchmarks.bars reports/bench [--strict]
+
+Reads ``native.json`` (the CPU as it is) and, where the CPU has more than AVX2,
+``avx2.json`` (the same suites under ``ONEDNN_MAX_CPU_ISA=AVX2``); on an
+AVX2-only CPU the native run is the AVX2 run. Writes ``bars.md`` and
+``bars.json`` beside them: each bar with its figure, the run it came from, and
+met / not met / not judged here (a bar meant for another kind of CPU is never
+counted as met). Exit 0, or with ``--strict`` 1 unless every judged bar is met.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from amnet.core.fileio import write_text
+
+OV_PICKS = ("fp16", "int8", "gcs_int8")  # the OpenVINO variants `make run`'s gate passes and `choose` picks from
+BF16_ISAS = ("AMX", "AVX512-BF16")
+STREAM_OVER_FLOOR_MS = 80
+
+
+def load_run(path: Path) -> dict | None:
+    """{"isa": {...}, "fps": {(test, resolution, variant): FPS}, "extra": {...}} from one pytest-benchmark JSON."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    run = {"isa": data.get("machine_info", {}).get("amnet_isa", {}), "fps": {}, "extra": {}}
+    for b in data.get("benchmarks", []):
+        test = b["name"].split("[")[0].removeprefix("test_")
+        params = b.get("params") or {}
+        key = (test, int(params.get("setup", 0)), params.get("variant") or params.get("mode") or "")
+        run["fps"][key] = 1.0 / b["stats"]["median"]
+        run["extra"][key] = b.get("extra_info", {})
+    return run
+
+
+def _best_ov(run: dict, r: int) -> tuple[str, float] | None:
+    picks = [(v, run["fps"][("openvino", r, v)]) for v in OV_PICKS if ("openvino", r, v) in run["fps"]]
+    return max(picks, key=lambda p: p[1]) if picks else None
+
+
+def _bar(issue, text, value, need, met, source, note="") -> dict:
+    return {"issue": issue, "bar": text, "value": value, "need": need, "met": met, "run": source, "note": note}
+
+
+def judge(native: dict, avx2: dict | None) -> list[dict]:
+    best = native["isa"].get("best", "unknown")
+    cpu = native["isa"].get("cpu", "unknown CPU")
+    here = f"{cpu}, {best}"
+    # The AVX2 bars: from the capped run, or from the native one where AVX2 is all the CPU has.
+    avx2_run, avx2_src = (avx2, "ONEDNN_MAX_CPU_ISA=AVX2") if avx2 else (
+        (native, "native (AVX2 is this CPU's best)") if best == "AVX2" else (None, ""))
+    bars = []
+
+    for r, need in ((256, 25.0), (128, 100.0)):
+        pick = _best_ov(native, r)
+        value = round(pick[1], 1) if pick else None
+        met = (value is not None and value >= need) if best in BF16_ISAS else None
+        note = f"OpenVINO {pick[0]}" if pick else "no OpenVINO row"
+        if met is None:
+            note += f"; meant for two AVX512-BF16 or AMX cores, this CPU's best is {best}"
+        bars.append(_bar(14, f"{r}² best OpenVINO variant, native, ≥ {need:g} FPS", value, need, met, "native", note))
+
+    for r, text, need, ratio in ((256, "256² under AVX2 kernels ≥ 3× PyTorch eager", 3.0, True),
+                                 (128, "128² under AVX2 kernels ≥ 40 FPS", 40.0, False)):
+        if avx2_run is None:  # the run that should have been there is missing: not met; no AVX2 at all: not judged
+            missing = best != "SSE/AVX"
+            bars.append(_bar(14, text, None, need, False if missing else None, "",
+                             "no avx2.json: run `make bench` (it adds the AVX2 run)" if missing else "no AVX2 here"))
+            continue
+        pick, eager = _best_ov(avx2_run, r), avx2_run["fps"].get(("pytorch_eager", r, ""))
+        value = (pick[1] / eager if ratio and eager else pick[1]) if pick else None
+        bars.append(_bar(14, text, None if value is None else round(value, 2), need,
+                         value is not None and value >= need, avx2_src,
+                         f"OpenVINO {pick[0]}" + (f", eager {eager:.2f} FPS" if ratio and eager else "") if pick
+                         else "no OpenVINO row"))
+
+    for r, need in ((128, 25.0), (256, 15.0)):
+        extra = native["extra"].get(("reenact_end_to_end", r, "offline"))
+        value = extra.get("fps_end_to_end") if extra else None
+        bars.append(_bar(15, f"reenact {r}² end to end ≥ {need:g} FPS", value, need,
+                         value is not None and value >= need, "native",
+                         "features + model + encode, best of 3" if extra else "no reenact row"))
+    streams = {m: native["extra"].get(("reenact_end_to_end", 128, m), {}).get("latency_ms")
+               for m in ("stream", "stream-drop-late")}
+    streams = {m: v for m, v in streams.items() if v}
+    mode = min(streams, key=lambda m: streams[m]["over_floor_p99"]) if streams else None
+    value = streams[mode]["over_floor_p99"] if mode else None
+    bars.append(_bar(15, f"--stream 128² latency p99 ≤ floor + {STREAM_OVER_FLOOR_MS} ms", value,
+                     STREAM_OVER_FLOOR_MS, value is not None and value <= STREAM_OVER_FLOOR_MS, "native",
+                     f"--{mode}, ms over the floor (p50 {streams[mode]['p50']} ms, floor ≤ "
+                     f"{streams[mode]['floor_max']} ms)" if mode else "no stream row"))
+    for b in bars:
+        b["cpu"] = here
+    return bars
+
+
+def markdown(bars: list[dict]) -> str:
+    lines = [f"# CPU speed bars ({bars[0]['cpu']})", "", "| issue | bar | value | met | run | note |",
+             "|---|---|---|---|---|---|"]
+    verdict = {True: "yes", False: "NO", None: "not judged here"}
+    lines += [f"| {b['issue']} | {b['bar']} | {'—' if b['value'] is None else b['value']} | {verdict[b['met']]} | "
+              f"{b['run']} | {b['note']} |" for b in bars]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder", type=Path, nargs="?", default=Path("reports/bench"))
+    ap.add_argument("--strict", action="store_true", help="exit 1 unless every bar judged here is met")
+    args = ap.parse_args(argv)
+    native = load_run(args.folder / "native.json")
+    if native is None:
+        print(f"error: {args.folder / 'native.json'} not found: run `make bench` first", file=sys.stderr)
+        return 2
+    bars = judge(native, load_run(args.folder / "avx2.json"))
+    write_text(args.folder / "bars.json", json.dumps(bars, indent=1) + "\n")
+    text = markdown(bars)
+    write_text(args.folder / "bars.md", text)
+    print(text)
+    return 1 if args.strict and any(b["met"] is False for b in bars) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""benchmarks/bars.py: the issue bars judged from pytest-benchmark JSON laid out as `make bench` writes it."""
+import json
+
+from benchmarks import bars
+
+
+def bench_json(path, best, fps: dict, reenact: dict | None = None):
+    """fps: {(test, resolution, variant): FPS}; reenact: {(resolution, mode): extra_info}."""
+    rows = [{"name": f"test_{t}[r{r}{'-' + v if v else ''}]", "params": {"setup": r, **({"variant": v} if v else {})},
+             "stats": {"median": 1 / f}, "extra_info": {}} for (t, r, v), f in fps.items()]
+    rows += [{"name": f"test_reenact_end_to_end[r{r}-{m}]", "params": {"setup": r, "mode": m}, "stats": {"median": 5.0},
+              "extra_info": e} for (r, m), e in (reenact or {}).items()]
+    path.write_text(json.dumps({"machine_info": {"amnet_isa": {"cpu": "Test CPU", "best": best}},
+                                "benchmarks": rows}))
+
+
+def by_bar(result):
+    return {b["bar"]: b for b in result}
+
+
+def test_avx2_cpu_judges_its_own_bars_and_leaves_the_bf16_ones(tmp_path, capsys):
+    fps = {("pytorch_eager", 256, ""): 4.0, ("openvino", 256, "int8"): 9.0, ("openvino", 256, "gcs_int8"): 10.0,
+           ("pytorch_eager", 128, ""): 11.0, ("openvino", 128, "int8"): 41.0, ("openvino", 128, "fp16"): 17.0}
+    reenact = {(128, "offline"): {"fps_end_to_end": 26.0}, (256, "offline"): {"fps_end_to_end": 7.0},
+               (128, "stream"): {"latency_ms": {"over_floor_p99": 900.0, "p50": 1.0, "floor_max": 383.0}},
+               (128, "stream-drop-late"): {"latency_ms": {"over_floor_p99": 96.0, "p50": 1.0, "floor_max": 383.0}}}
+    bench_json(tmp_path / "native.json", "AVX2", fps, reenact)
+    assert bars.main([str(tmp_path)]) == 0  # a report, not a gate
+    got = by_bar(json.loads((tmp_path / "bars.json").read_text()))
+    assert got["256² best OpenVINO variant, native, ≥ 25 FPS"]["met"] is None  # meant for bf16/AMX cores
+    assert got["256² under AVX2 kernels ≥ 3× PyTorch eager"]["value"] == round(10.0 / 4.0, 2)
+    assert got["256² under AVX2 kernels ≥ 3× PyTorch eager"]["met"] is False
+    assert got["128² under AVX2 kernels ≥ 40 FPS"] | {"value": 41.0, "met": True} == got["128² under AVX2 kernels ≥ 40 FPS"]
+    assert got["reenact 128² end to end ≥ 25 FPS"]["met"] and not got["reenact 256² end to end ≥ 15 FPS"]["met"]
+    stream = got["--stream 128² latency p99 ≤ floor + 80 ms"]
+    assert stream["value"] == 96.0 and stream["met"] is False and "stream-drop-late" in stream["note"]
+    assert "| 14 | 256² best OpenVINO variant, native, ≥ 25 FPS | 10.0 | not judged here |" in capsys.readouterr().out
+    assert bars.main([str(tmp_path), "--strict"]) == 1
+
+
+def test_amx_cpu_uses_the_capped_run_for_the_avx2_bars(tmp_path):
+    native = {("pytorch_eager", 256, ""): 8.0, ("openvino", 256, "fp16"): 26.0, ("pytorch_eager", 128, ""): 30.0,
+              ("openvino", 128, "int8"): 120.0}
+    capped = {("pytorch_eager", 256, ""): 3.0, ("openvino", 256, "int8"): 9.3, ("pytorch_eager", 128, ""): 10.0,
+              ("openvino", 128, "int8"): 39.0}
+    reenact = {(128, "offline"): {"fps_end_to_end": 60.0}, (256, "offline"): {"fps_end_to_end": 20.0},
+               (128, "stream"): {"latency_ms": {"over_floor_p99": 40.0, "p50": 1.0, "floor_max": 383.0}}}
+    bench_json(tmp_path / "native.json", "AMX", native, reenact)
+    bench_json(tmp_path / "avx2.json", "AVX2", capped)
+    bars.main([str(tmp_path)])
+    got = by_bar(json.loads((tmp_path / "bars.json").read_text()))
+    assert got["256² best OpenVINO variant, native, ≥ 25 FPS"] | {"met": True, "value": 26.0} == \
+        got["256² best OpenVINO variant, native, ≥ 25 FPS"]
+    ratio = got["256² under AVX2 kernels ≥ 3× PyTorch eager"]
+    assert ratio["value"] == round(9.3 / 3.0, 2) and ratio["met"] and ratio["run"] == "ONEDNN_MAX_CPU_ISA=AVX2"
+    assert got["128² under AVX2 kernels ≥ 40 FPS"]["met"] is False  # 39 under the cap, though 120 natively
+    assert bars.main([str(tmp_path), "--strict"]) == 1
+
+
+def test_a_bar_without_its_row_is_not_met(tmp_path):
+    bench_json(tmp_path / "native.json", "AMX", {("pytorch_eager", 128, ""): 10.0})
+    bars.main([str(tmp_path)])
+    got = json.loads((tmp_path / "bars.json").read_text())
+    assert all(b["met"] is False for b in got), [b for b in got if b["met"] is not False]
+
+
+def test_no_bench_run_is_one_line_and_exit_2(tmp_path, capsys):
+    assert bars.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
