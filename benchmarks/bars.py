@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from amnet.core.errors import InputError
 from amnet.core.fileio import write_text
 
 OV_PICKS = ("fp16", "int8", "gcs_int8")  # the OpenVINO variants `make run`'s gate passes and `choose` picks from
@@ -27,14 +28,17 @@ def load_run(path: Path) -> dict | None:
     """{"isa": {...}, "fps": {(test, resolution, variant): FPS}, "extra": {...}} from one pytest-benchmark JSON."""
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    run = {"isa": data.get("machine_info", {}).get("amnet_isa", {}), "fps": {}, "extra": {}}
-    for b in data.get("benchmarks", []):
-        test = b["name"].split("[")[0].removeprefix("test_")
-        params = b.get("params") or {}
-        key = (test, int(params.get("setup", 0)), params.get("variant") or params.get("mode") or "")
-        run["fps"][key] = 1.0 / b["stats"]["median"]
-        run["extra"][key] = b.get("extra_info", {})
+    try:
+        data = json.loads(path.read_text())
+        run = {"isa": data.get("machine_info", {}).get("amnet_isa", {}), "fps": {}, "extra": {}}
+        for b in data.get("benchmarks", []):
+            test = b["name"].split("[")[0].removeprefix("test_")
+            params = b.get("params") or {}
+            key = (test, int(params.get("setup", 0)), params.get("variant") or params.get("mode") or "")
+            run["fps"][key] = 1.0 / b["stats"]["median"]
+            run["extra"][key] = b.get("extra_info") or {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as e:
+        raise InputError(f"{path} is not a pytest-benchmark JSON file ({type(e).__name__}): rerun `make bench`")
     return run
 
 
@@ -113,11 +117,15 @@ def main(argv=None) -> int:
     ap.add_argument("folder", type=Path, nargs="?", default=Path("reports/bench"))
     ap.add_argument("--strict", action="store_true", help="exit 1 unless every bar judged here is met")
     args = ap.parse_args(argv)
-    native = load_run(args.folder / "native.json")
+    try:
+        native, avx2 = load_run(args.folder / "native.json"), load_run(args.folder / "avx2.json")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if native is None:
         print(f"error: {args.folder / 'native.json'} not found: run `make bench` first", file=sys.stderr)
         return 2
-    bars = judge(native, load_run(args.folder / "avx2.json"))
+    bars = judge(native, avx2)
     write_text(args.folder / "bars.json", json.dumps(bars, indent=1) + "\n")
     text = markdown(bars)
     write_text(args.folder / "bars.md", text)

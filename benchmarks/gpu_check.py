@@ -367,15 +367,25 @@ def markdown(report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sizes(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(r) for r in text.split(","))
+    except ValueError:
+        out = ()
+    if not out or any(r < 8 or r % 4 for r in out):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sizes divisible by 4")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", nargs="?", default="reports/gpu", type=Path)
     ap.add_argument("--checkpoint", type=Path, default=default_checkpoint())
-    ap.add_argument("--resolutions", default="128,256")
+    ap.add_argument("--resolutions", default="128,256", type=sizes, help="comma-separated, each divisible by 4")
     ap.add_argument("--build-dir", type=Path, help="where the CUDA plans and weights go (default OUT/build)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args.out, args.checkpoint, tuple(int(r) for r in args.resolutions.split(",")),
+    report = run(args.out, args.checkpoint, args.resolutions,
                  build_dir=args.build_dir)
     write_text(args.out / "gpu_report.json", json.dumps(report, indent=1, default=float) + "\n")
     text = markdown(report)

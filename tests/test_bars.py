@@ -67,3 +67,10 @@ def test_a_bar_without_its_row_is_not_met(tmp_path):
 def test_no_bench_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert bars.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_damaged_bench_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "native.json").write_text('{"benchmarks": [{"name": "test_x[r128]"}]}')  # no stats
+    assert bars.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a pytest-benchmark JSON file" in err
