@@ -159,8 +159,8 @@ def check_variants(build: Path, resolution: int, feeds: dict, refs: dict, limits
                     row["replay_only"] = time_calls(runner.replay_only, v.batch)
                 row.update(getattr(runner, "device_stats", dict)())
         except Exception as e:  # noqa: BLE001 - a variant that cannot run is a failed row; the others go on
-            row.update(error=f"{type(e).__name__}: {str(e).strip()[:300]}", passed=False,
-                       failures=["could not run: " + f"{type(e).__name__}: {str(e).strip()[:300]}"])
+            error = f"{type(e).__name__}: {str(e).strip()[:300]}"
+            row.update(error=error, passed=False, failures=[f"could not run: {error}"])
             rows.append(row)
             continue
         for name, ref in refs.items():

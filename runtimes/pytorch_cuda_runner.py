@@ -15,7 +15,6 @@ parity reference on the GPU: eager, FP32, loop GC, TF32 off, deterministic cuDNN
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -43,10 +42,8 @@ def cuda_torch():
 
 def has_triton() -> bool:
     """Triton importable and able to run on this GPU (compute capability 7.0 or newer)."""
-    try:
-        from torch.utils._triton import has_triton as torch_has_triton
-    except ImportError:  # an older layout: Triton importable is the best one can say
-        return importlib.util.find_spec("triton") is not None
+    from torch.utils._triton import has_triton as torch_has_triton  # in every torch this project allows (≥ 2.6)
+
     return torch_has_triton()
 
 
@@ -127,7 +124,7 @@ class TorchCudaRunner(Runner):
         loaded = load_checkpoint(weights, gc_form=plan["gc_form"])
         b, r = plan["batch"], plan["resolution"]
         shapes = {"source": (b, 3, r, r), "audio": (b, 1, 64, 60), "pose": (b, 3), "eye": (b, 2)}
-        self.torch, self.dtype = torch, dtype
+        self.torch = torch
         self.static_in = {k: torch.zeros(s, device="cuda") for k, s in shapes.items()}
         self.host_in = {k: torch.zeros(s, pin_memory=True) for k, s in shapes.items()}
         memory = torch.channels_last if plan.get("channels_last") else torch.contiguous_format
@@ -166,8 +163,8 @@ class TorchCudaRunner(Runner):
 
     def _prepare(self, model, plan: dict):
         """The model as the plan runs it: the nine GCs' weight MLPs in two kernels (``gc_heads: fused``), and
-        compiled by TorchInductor (``compile: inductor``: fused Triton kernels, compiled here, before the graph is
-        captured; tens of seconds, once per plan and process)."""
+        compiled by TorchInductor (``compile: inductor``: fused Triton kernels, compiled by the first warm-up
+        call, before the graph is captured; tens of seconds, once per plan shape and process)."""
         torch = self.torch
         if plan.get("gc_heads") == "fused":
             model.reenactor.fuse_gc_heads()
@@ -178,7 +175,6 @@ class TorchCudaRunner(Runner):
             config = torch._dynamo.config  # each plan adds one static shape of AMNet.forward to its cache
             limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
             setattr(config, limit, max(getattr(config, limit), 64))
-            # Compiled by the first warm-up call in _activate, from the inputs the captured calls use.
             model = torch.compile(model, fullgraph=True, dynamic=False)
         return model
 
@@ -198,6 +194,11 @@ class TorchCudaRunner(Runner):
             for k, v in self.static_out.items():
                 out[k].copy_(v, non_blocking=True)
         self.stream.synchronize()
+        return self._checked(out)
+
+    @staticmethod
+    def _checked(out: dict) -> dict[str, np.ndarray]:
+        """The outputs copied back, once the input ranges scanned on the device pass `check_values`."""
         for k, (amin, amax) in zip(MODEL_INPUTS, out["_range"].numpy()):
             check_values(k, float(amin), float(amax))
         return {k: v.numpy() for k, v in out.items() if not k.startswith("_")}
