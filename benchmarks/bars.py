@@ -77,6 +77,15 @@ def judge(native: dict, avx2: dict | None) -> list[dict]:
                              "no avx2.json: run `make bench` (it adds the AVX2 run)" if missing else "no AVX2 here"))
             continue
         pick, eager = _best_ov(avx2_run, r), avx2_run["fps"].get(("pytorch_eager", r, ""))
+        interleaved = avx2_run["extra"].get(("eager_vs_openvino_interleaved", r, ""), {})
+        ratios = {v: x for v, x in (interleaved.get("ratio_to_eager") or {}).items() if v in OV_PICKS}
+        if ratio and ratios:  # measured in alternation: drift between the suites cannot move it
+            v = max(ratios, key=ratios.get)
+            ms = interleaved["median_ms"]
+            bars.append(_bar(14, text, round(ratios[v], 2), need, ratios[v] >= need, avx2_src,
+                             f"OpenVINO {v} {ms[v]} ms vs eager {ms['eager']} ms, medians of "
+                             f"{interleaved.get('rounds')} interleaved rounds"))
+            continue
         value = (pick[1] / eager if ratio and eager else pick[1]) if pick else None
         bars.append(_bar(14, text, None if value is None else round(value, 2), need,
                          value is not None and value >= need, avx2_src,
@@ -92,12 +101,21 @@ def judge(native: dict, avx2: dict | None) -> list[dict]:
     streams = {m: native["extra"].get(("reenact_end_to_end", 128, m), {}).get("latency_ms")
                for m in ("stream", "stream-drop-late")}
     streams = {m: v for m, v in streams.items() if v}
-    mode = min(streams, key=lambda m: streams[m]["over_floor_p99"]) if streams else None
-    value = streams[mode]["over_floor_p99"] if mode else None
+    # Judged on the live frames: the floor the bar names is a window completed by audio heard. The frames that
+    # the stream's end completes (all at once) are shown beside it; a run that lacks the split is judged on all.
+    key = {m: "live_over_floor_p99" if v.get("live_over_floor_p99") is not None else "over_floor_p99"
+           for m, v in streams.items()}
+    mode = min(streams, key=lambda m: streams[m][key[m]]) if streams else None
+    value = streams[mode][key[mode]] if mode else None
+    note = "no stream row"
+    if mode:
+        lat = streams[mode]
+        note = (f"--{mode}, p99 of the live frames' ms over their floor (p50 {lat['p50']} ms, floor ≤ {lat['floor_max']} ms)" +
+                (f"; {lat['live_frames']} live frames; over all frames {lat['over_floor_p99']} ms, the "
+                 f"{lat['end_frames']} completed by the stream's end up to {lat['end_over_floor_max']} ms"
+                 if key[mode] == "live_over_floor_p99" else "; all frames"))
     bars.append(_bar(15, f"--stream 128² latency p99 ≤ floor + {STREAM_OVER_FLOOR_MS} ms", value,
-                     STREAM_OVER_FLOOR_MS, value is not None and value <= STREAM_OVER_FLOOR_MS, "native",
-                     f"--{mode}, ms over the floor (p50 {streams[mode]['p50']} ms, floor ≤ "
-                     f"{streams[mode]['floor_max']} ms)" if mode else "no stream row"))
+                     STREAM_OVER_FLOOR_MS, value is not None and value <= STREAM_OVER_FLOOR_MS, "native", note))
     for b in bars:
         b["cpu"] = here
     return bars

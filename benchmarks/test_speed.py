@@ -5,13 +5,17 @@
 Compare the medians within one run (these machines drift); `amnet-deploy bench` gives the same
 numbers with percentiles, RSS and ratios.
 """
+import contextlib
 import json
+import time
 
 import numpy as np
 import pytest
 import torch
 
 THREADS = 2
+OV_SUFFIX = {"fp32": "_ov_fp32", "fp16": "_ov_fp16", "int8": "_ov_int8", "gcs_int8": "_gcs_ov_int8"}
+INTERLEAVED_ROUNDS = 8
 
 
 @pytest.fixture(scope="module", params=[256, 128], ids=lambda r: f"r{r}")
@@ -66,8 +70,37 @@ def test_openvino(benchmark, setup, variant):
     from runtimes.registry import open_runner
 
     r, d, _, feeds = setup
-    suffix = {"fp32": "_ov_fp32", "fp16": "_ov_fp16", "int8": "_ov_int8", "gcs_int8": "_gcs_ov_int8"}[variant]
-    _bench(benchmark, open_runner(d / f"amnet_full_b1_r{r}{suffix}.xml", threads=THREADS), feeds)
+    _bench(benchmark, open_runner(d / f"amnet_full_b1_r{r}{OV_SUFFIX[variant]}.xml", threads=THREADS), feeds)
+
+
+def test_eager_vs_openvino_interleaved(benchmark, setup):
+    """The × eager ratios, measured in alternation: one call of each model per round, so that a machine whose
+    speed drifts over minutes (these VMs: by a third, between the suites above) moves both sides of each ratio
+    alike. `benchmarks.bars` judges the × eager bar from this row."""
+    from runtimes.pytorch_runner import TorchRunner
+    from runtimes.registry import open_runner
+
+    r, d, model, feeds = setup
+    torch.set_num_threads(THREADS)
+    runners = {"eager": TorchRunner(model, threads=THREADS, gc_form="grouped"),
+               **{v: open_runner(d / f"amnet_full_b1_r{r}{s}.xml", threads=THREADS) for v, s in OV_SUFFIX.items()}}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+
+    def rounds():
+        for _ in range(INTERLEAVED_ROUNDS):
+            for name, runner in runners.items():
+                t = time.perf_counter()
+                runner.infer(feeds)
+                times[name].append(time.perf_counter() - t)
+
+    with contextlib.ExitStack() as opened:
+        for runner in runners.values():
+            opened.enter_context(runner).infer(feeds)  # warm-up
+        benchmark.pedantic(rounds, rounds=1, iterations=1)
+    median_ms = {name: round(1000 * float(np.median(t)), 2) for name, t in times.items()}
+    benchmark.extra_info.update(rounds=INTERLEAVED_ROUNDS, median_ms=median_ms,
+                                ratio_to_eager={v: round(median_ms["eager"] / median_ms[v], 3) for v in OV_SUFFIX})
+    print(f"\ninterleaved {r}²: {json.dumps(benchmark.extra_info)}")
 
 
 @pytest.mark.parametrize("mode", ["offline", "stream", "stream-drop-late"])

@@ -4,12 +4,15 @@ import json
 from benchmarks import bars
 
 
-def bench_json(path, best, fps: dict, reenact: dict | None = None):
-    """fps: {(test, resolution, variant): FPS}; reenact: {(resolution, mode): extra_info}."""
+def bench_json(path, best, fps: dict, reenact: dict | None = None, interleaved: dict | None = None):
+    """fps: {(test, resolution, variant): FPS}; reenact: {(resolution, mode): extra_info};
+    interleaved: {resolution: extra_info of test_eager_vs_openvino_interleaved}."""
     rows = [{"name": f"test_{t}[r{r}{'-' + v if v else ''}]", "params": {"setup": r, **({"variant": v} if v else {})},
              "stats": {"median": 1 / f}, "extra_info": {}} for (t, r, v), f in fps.items()]
     rows += [{"name": f"test_reenact_end_to_end[r{r}-{m}]", "params": {"setup": r, "mode": m}, "stats": {"median": 5.0},
               "extra_info": e} for (r, m), e in (reenact or {}).items()]
+    rows += [{"name": f"test_eager_vs_openvino_interleaved[r{r}]", "params": {"setup": r}, "stats": {"median": 9.0},
+              "extra_info": e} for r, e in (interleaved or {}).items()]
     path.write_text(json.dumps({"machine_info": {"amnet_isa": {"cpu": "Test CPU", "best": best}},
                                 "benchmarks": rows}))
 
@@ -36,6 +39,36 @@ def test_avx2_cpu_judges_its_own_bars_and_leaves_the_bf16_ones(tmp_path, capsys)
     assert stream["value"] == 96.0 and stream["met"] is False and "stream-drop-late" in stream["note"]
     assert "| 14 | 256² best OpenVINO variant, native, ≥ 25 FPS | 10.0 | not judged here |" in capsys.readouterr().out
     assert bars.main([str(tmp_path), "--strict"]) == 1
+
+
+def test_the_stream_bar_judges_live_frames_and_shows_the_end_of_stream_burst(tmp_path):
+    split = {"over_floor_p99": 110.0, "p50": 1.0, "floor_max": 383.0, "live_frames": 116,
+             "live_over_floor_p99": 70.0, "end_frames": 9, "end_over_floor_max": 108.5}
+    reenact = {(128, "stream"): {"latency_ms": {"over_floor_p99": 75.0, "p50": 1.0, "floor_max": 383.0}},
+               (128, "stream-drop-late"): {"latency_ms": split}}
+    bench_json(tmp_path / "native.json", "AVX2", {}, reenact)
+    bars.main([str(tmp_path)])
+    stream = by_bar(json.loads((tmp_path / "bars.json").read_text()))["--stream 128² latency p99 ≤ floor + 80 ms"]
+    # 70 (live frames of drop-late) beats 75 (all frames of a run without the split, judged on all of them)
+    assert stream["value"] == 70.0 and stream["met"] is True
+    assert "stream-drop-late" in stream["note"] and "9 completed by the stream's end up to 108.5 ms" in stream["note"]
+    split["live_over_floor_p99"] = 80.5
+    bench_json(tmp_path / "native.json", "AVX2", {}, reenact)
+    bars.main([str(tmp_path)])
+    stream = by_bar(json.loads((tmp_path / "bars.json").read_text()))["--stream 128² latency p99 ≤ floor + 80 ms"]
+    assert stream["value"] == 75.0 and "all frames" in stream["note"]
+
+
+def test_the_ratio_bar_reads_the_interleaved_row_when_there_is_one(tmp_path):
+    fps = {("pytorch_eager", 256, ""): 4.0, ("openvino", 256, "gcs_int8"): 13.0}  # 3.25× from far-apart suites
+    interleaved = {256: {"rounds": 8, "median_ms": {"eager": 300.0, "fp32": 80.0, "int8": 115.0, "gcs_int8": 120.0},
+                         "ratio_to_eager": {"fp32": 3.75, "int8": 2.609, "gcs_int8": 2.5}}}
+    bench_json(tmp_path / "native.json", "AVX2", fps, interleaved=interleaved)
+    bars.main([str(tmp_path)])
+    ratio = by_bar(json.loads((tmp_path / "bars.json").read_text()))["256² under AVX2 kernels ≥ 3× PyTorch eager"]
+    # fp32 is not a variant `choose` picks from the INT8/FP16 gate (OV_PICKS): the best pick is int8 at 2.61×
+    assert ratio["value"] == 2.61 and ratio["met"] is False
+    assert "int8 115.0 ms vs eager 300.0 ms" in ratio["note"] and "8 interleaved rounds" in ratio["note"]
 
 
 def test_amx_cpu_uses_the_capped_run_for_the_avx2_bars(tmp_path):

@@ -181,6 +181,11 @@ def test_stream_emits_the_offline_frames_after_the_floor(face, tmp_path, capsys,
     assert s_off["frames"] == s_str["frames"] == 50
     lat = s_str["latency_ms"]
     assert lat["p50"] >= lat["floor_p50"] - 1.0  # nothing can beat the window (1 ms: clock granularity)
+    # The frames whose windows reach past the audio's end are completed by the end of the stream, not by audio.
+    from amnet import speech
+    heard = len(media.decode_audio(tmp_path / "speech.wav")) / speech.SAMPLE_RATE
+    ends = sum(speech.window_ready_seconds(i, 25.0, s_str["audio_delta"]) > heard for i in range(50))
+    assert 0 < ends < 50 and (lat["end_frames"], lat["live_frames"]) == (ends, 50 - ends)
     # The same model inputs (the causal features are stream-exact), so the same pictures up to the video codec.
     diff = np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(f_off, f_str)])
     assert diff < 1.0

@@ -5,6 +5,7 @@ and writes arrays through it, never with pickle.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import os
@@ -102,6 +103,9 @@ def save_npz(path: str | os.PathLike, arrays: dict, compressed: bool = False) ->
     return atomic_write(path, write)
 
 
+# Once per process: the version check reads package metadata from disk (~1 ms), and the MP4 writer asks for its
+# library twice per frame of a live stream. A failure raises, so it is not remembered.
+@functools.cache
 def lazy_import(module: str, hint: str, min_version: str | None = None, distribution: str | None = None):
     """Import an optional dependency, or raise RuntimeMissing with a one-line install hint.
 
