@@ -887,3 +887,20 @@ def test_a_manifest_entry_whose_files_are_gone_is_dropped_at_the_next_publish(sm
 def test_a_file_name_with_a_newline_is_still_one_line(tmp_path, capsys):
     assert main(["info", str(tmp_path / "a\nb.safetensors")]) == 2
     assert one_line(capsys.readouterr().err)
+
+
+def test_lazy_import_reads_package_metadata_once_and_never_remembers_a_failure(monkeypatch):
+    """A live stream asks for PyAV twice a frame: the metadata read (~1 ms) happens once per process."""
+    from importlib import metadata
+
+    from amnet.core import fileio
+    from amnet.core.errors import RuntimeMissing
+
+    reads = []
+    real = metadata.version
+    monkeypatch.setattr(fileio.metadata, "version", lambda dist: reads.append(dist) or real("numpy"))
+    first = fileio.lazy_import("json", "hint", "1.0", "amnet-test-once")
+    assert fileio.lazy_import("json", "hint", "1.0", "amnet-test-once") is first and reads == ["amnet-test-once"]
+    for _ in range(2):  # each try imports again: a package installed meanwhile is found
+        with pytest.raises(RuntimeMissing, match="amnet_no_such_module is not installed: pip install it"):
+            fileio.lazy_import("amnet_no_such_module", "pip install it")
