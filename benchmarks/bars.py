@@ -78,10 +78,11 @@ def judge(native: dict, avx2: dict | None) -> list[dict]:
             continue
         pick, eager = _best_ov(avx2_run, r), avx2_run["fps"].get(("pytorch_eager", r, ""))
         interleaved = avx2_run["extra"].get(("eager_vs_openvino_interleaved", r, ""), {})
-        ratios = {v: x for v, x in (interleaved.get("ratio_to_eager") or {}).items() if v in OV_PICKS}
+        ms = interleaved.get("median_ms") or {}
+        ratios = {v: x for v, x in (interleaved.get("ratio_to_eager") or {}).items()
+                  if v in OV_PICKS and isinstance(x, (int, float)) and v in ms and "eager" in ms}
         if ratio and ratios:  # measured in alternation: drift between the suites cannot move it
             v = max(ratios, key=ratios.get)
-            ms = interleaved["median_ms"]
             bars.append(_bar(14, text, round(ratios[v], 2), need, ratios[v] >= need, avx2_src,
                              f"OpenVINO {v} {ms[v]} ms vs eager {ms['eager']} ms, medians of "
                              f"{interleaved.get('rounds')} interleaved rounds"))
@@ -143,7 +144,12 @@ def main(argv=None) -> int:
     if native is None:
         print(f"error: {args.folder / 'native.json'} not found: run `make bench` first", file=sys.stderr)
         return 2
-    bars = judge(native, avx2)
+    try:
+        bars = judge(native, avx2)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # a row of the right shape but wrong content
+        print(f"error: {args.folder} holds a damaged benchmark row ({type(e).__name__}: {e}): rerun `make bench`",
+              file=sys.stderr)
+        return 2
     write_text(args.folder / "bars.json", json.dumps(bars, indent=1) + "\n")
     text = markdown(bars)
     write_text(args.folder / "bars.md", text)

@@ -2,7 +2,10 @@
 
 Each variant runs in its own child process (`python -m benchmarks.bench --one SPEC`) so that its
 peak RSS and cold start are its own. PyTorch eager is measured in the same run and every FPS is
-also given as a ratio to it. Medians, not means: these shared machines drift.
+also given as a ratio to it. Medians, not means: these shared machines drift, by a third within
+minutes, so every variant runs once per pass (a share of its iterations each time) in an order
+reversed every other pass: each variant's timings are centred on the same moment of the run,
+and a drift moves all of them alike instead of whichever variant ran when the machine slowed.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ PAPER = {"cpu": {"fps": 33.8, "device": "Intel i9-10900K", "cores": 10,
                  "peak_gflops": 1312.0, "resolution": 128},
          "gpu": {"fps": 158.9, "device": "NVIDIA RTX 2080 Ti", "resolution": 128}}
 REAL_TIME_FPS = 25.0
+CHILD_SECONDS = 30  # timing time per variant, all passes together, however many iterations that allows
+PASSES = 3  # children per variant: enough to centre each variant on the run's middle, few enough to start fast
 
 
 def machine_info(threads: int | None = None) -> dict:
@@ -94,16 +99,13 @@ def bench_one(spec: dict) -> dict:
     for _ in range(spec["warmup"]):
         runner.infer(feeds)
     times = []
-    deadline = time.perf_counter() + spec.get("max_seconds", 30)
+    deadline = time.perf_counter() + spec.get("max_seconds", CHILD_SECONDS)
     for _ in range(spec["iters"]):
         runner.infer(feeds)
         times.append(runner.inference_time)
         if time.perf_counter() > deadline and len(times) >= 5:
             break
-    t = np.array(times)
-    out = {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
-           "p99_ms": float(np.percentile(t, 99) * 1e3), "iters": len(t), "cold_start_s": round(cold, 3),
-           "fps": batch / float(np.median(t))}
+    out = {"times_ms": [1e3 * x for x in times], "cold_start_s": round(cold, 3)}
     if hasattr(runner, "device_stats"):  # GPU runners: which card, peak device memory
         out.update(runner.device_stats())
     runner.close()
@@ -119,6 +121,24 @@ def bench_one(spec: dict) -> dict:
     out["peak_rss_mb"] = peak_rss_mb()
     out["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")  # what this child really ran under
     return out
+
+
+def pooled(results: list[dict], batch: int) -> dict:
+    """One row from a variant's passes: percentiles over all their timings; cold start and throughput the
+    median over passes, peak RSS the largest; the first failure, if any pass failed."""
+    failed = next((r for r in results if "error" in r), None)
+    if failed or not results:
+        return failed or {"error": "not run"}
+    t = np.concatenate([r["times_ms"] for r in results])
+    row = {k: v for k, v in results[0].items() if k != "times_ms"}  # device stats, the ISA the child ran under
+    row |= {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+            "p99_ms": float(np.percentile(t, 99)), "iters": len(t), "passes": len(results),
+            "fps": 1e3 * batch / float(np.median(t)),
+            "cold_start_s": float(np.median([r["cold_start_s"] for r in results])),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+    if all("throughput_fps" in r for r in results):
+        row["throughput_fps"] = float(np.median([r["throughput_fps"] for r in results]))
+    return row
 
 
 def run_child(spec: dict, timeout: float = 300) -> dict:
@@ -166,8 +186,8 @@ def usable_isas(isas: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 def bench(variants: list, checkpoint: str | None, resolution: int, threads: int = 2, iters: int = 30,
           warmup: int = 3, gflops: float | None = None, progress: bool = True,
-          isas: tuple[str, ...] = (NATIVE,), verify: bool = True) -> dict:
-    """Every variant (and PyTorch eager) in a child process each, once per ISA cap; ratios within one cap."""
+          isas: tuple[str, ...] = (NATIVE,), verify: bool = True, passes: int = PASSES) -> dict:
+    """Every variant (and PyTorch eager) in a child process each, once per ISA cap and pass; ratios within one cap."""
     from amnet.core.progress import progress_bar
 
     from runtimes import registry
@@ -189,10 +209,18 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
     peak = gemm_peak_gflops()
     rows = []
     specs = [{**spec, "isa": isa} for isa in isas_run for spec in specs]
-    for spec in progress_bar(specs, desc=f"bench {resolution}²", disable=not progress, unit="variant"):
-        spec.update(threads=threads, iters=iters, warmup=warmup, verify=verify)
-        res = run_child(spec)
-        rows.append({**{k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution", "isa")}, **res})
+    passes = max(1, min(passes, iters))
+    share = -(-iters // passes)  # each pass times a share; together at least `iters`
+    runs: list[list[dict]] = [[] for _ in specs]
+    order = [i for p in range(passes) for i in (range(len(specs)) if p % 2 == 0 else reversed(range(len(specs))))]
+    for i in progress_bar(order, desc=f"bench {resolution}²", disable=not progress, unit="run"):
+        if runs[i] and "error" in runs[i][-1]:
+            continue  # a variant that failed once is a failed row: no second try that might pass
+        runs[i].append(run_child({**specs[i], "threads": threads, "iters": share, "warmup": warmup,
+                                  "verify": verify, "max_seconds": CHILD_SECONDS / passes}))
+    for spec, results in zip(specs, runs):
+        row = {k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution", "isa")}
+        rows.append(row | pooled(results, spec["batch"] or 1))
     for r in rows:
         if "fps" not in r:
             continue
@@ -204,7 +232,8 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
             best = max(r["fps"], r.get("throughput_fps", 0))
             r["achieved_gflops"] = gflops * best
             r["roofline_pct"] = 100 * gflops * best / peak
-    return {"resolution": resolution, "threads": threads, "isas": isas_run, "gemm_peak_gflops": round(peak, 1),
+    return {"resolution": resolution, "threads": threads, "isas": isas_run, "passes": passes,
+            "gemm_peak_gflops": round(peak, 1),
             "gflops_per_frame": gflops, "rows": rows, "notes": notes, "paper": paper_comparison(rows, peak, resolution)}
 
 

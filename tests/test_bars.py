@@ -107,3 +107,19 @@ def test_a_damaged_bench_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert bars.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a pytest-benchmark JSON file" in err
+
+
+def test_a_row_of_the_right_shape_but_wrong_content_is_one_line_and_exit_2(tmp_path, capsys):
+    reenact = {(128, "stream"): {"latency_ms": {"live_over_floor_p99": 50.0, "p50": 1.0, "floor_max": 383.0}}}
+    bench_json(tmp_path / "native.json", "AVX2", {}, reenact)  # the split without its frame counts
+    assert bars.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "damaged benchmark row" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bars.json").exists()
+    # An interleaved row that lacks the medians its ratio came from is ignored, not trusted or crashed on.
+    interleaved = {256: {"rounds": 10, "median_ms": {"int8": 100.0}, "ratio_to_eager": {"int8": 3.5, "fp16": None}}}
+    bench_json(tmp_path / "native.json", "AVX2", {("pytorch_eager", 256, ""): 4.0, ("openvino", 256, "int8"): 9.0},
+               interleaved=interleaved)
+    assert bars.main([str(tmp_path)]) == 0
+    ratio = by_bar(json.loads((tmp_path / "bars.json").read_text()))["256² under AVX2 kernels ≥ 3× PyTorch eager"]
+    assert ratio["value"] == 2.25 and "interleaved" not in ratio["note"]

@@ -1,6 +1,7 @@
 """The parity gate passes honest variants, fails a damaged one (exit 1, naming it), and reports in four forms."""
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -109,6 +110,39 @@ def test_bench_runs_in_child_processes(small_build, checkpoint_file):
     # Each child reports its own peak: the eager one carries torch, the ORT one does not.
     assert eager["peak_rss_mb"] > ort["peak_rss_mb"]
     assert report["paper"]["best_measured_fps"] == pytest.approx(max(r["fps"] for r in rows.values()), abs=0.1)
+
+
+def test_bench_centres_every_variant_on_the_same_moment_and_fails_closed(monkeypatch, checkpoint_file):
+    """Passes in alternating order (a drift moves every variant alike); timings pooled over passes; a variant
+    that fails in any pass is a failed row, not retried until it passes."""
+    from types import SimpleNamespace
+
+    from benchmarks import bench as bench_mod
+
+    calls = []
+
+    def child(spec):
+        calls.append(spec["name"])
+        if spec["name"] == "b" and calls.count("b") == 2:
+            return {"error": "RuntimeError: lost the device"}
+        k = calls.count(spec["name"])  # pass k: timings k·10 ms … so the pooled median is computable
+        return {"times_ms": [10.0 * k, 10.0 * k + 1], "cold_start_s": float(k), "peak_rss_mb": 100.0 + k,
+                "throughput_fps": 5.0 * k}
+
+    monkeypatch.setattr(bench_mod, "run_child", child)
+    variants = [SimpleNamespace(name=n, runtime="onnxruntime", precision="fp32", path=Path(n), batch=1, resolution=32)
+                for n in ("a", "b")]
+    report = bench_mod.bench(variants, str(checkpoint_file), 32, iters=5, progress=False, passes=3)
+    eager = "pytorch-fp32-eager"
+    assert calls == [eager, "a", "b", "b", "a", eager, eager, "a"]  # b failed in pass 2: not run again
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["b"] == rows["b"] | {"error": "RuntimeError: lost the device"} and "fps" not in rows["b"]
+    a = rows["a"]
+    pooled = [10.0, 11.0, 20.0, 21.0, 30.0, 31.0]
+    assert a["median_ms"] == np.median(pooled) and a["iters"] == 6 and a["passes"] == 3
+    assert a["fps"] == pytest.approx(1000 / np.median(pooled))
+    assert (a["cold_start_s"], a["peak_rss_mb"], a["throughput_fps"]) == (2.0, 103.0, 10.0)
+    assert a["ratio_vs_eager"] == pytest.approx(1.0) and report["passes"] == 3
 
 
 def test_bench_per_isa_cap(small_build, checkpoint_file):

@@ -896,11 +896,15 @@ def test_lazy_import_reads_package_metadata_once_and_never_remembers_a_failure(m
     from amnet.core import fileio
     from amnet.core.errors import RuntimeMissing
 
-    reads = []
-    real = metadata.version
-    monkeypatch.setattr(fileio.metadata, "version", lambda dist: reads.append(dist) or real("numpy"))
+    fileio.lazy_import.cache_clear()  # (a test that fakes a missing module after a real import must do this too)
+    reads, imports = [], []
+    real_version, real_import = metadata.version, fileio.importlib.import_module
+    monkeypatch.setattr(fileio.metadata, "version", lambda dist: reads.append(dist) or real_version("numpy"))
+    monkeypatch.setattr(fileio.importlib, "import_module", lambda name: imports.append(name) or real_import(name))
     first = fileio.lazy_import("json", "hint", "1.0", "amnet-test-once")
-    assert fileio.lazy_import("json", "hint", "1.0", "amnet-test-once") is first and reads == ["amnet-test-once"]
+    assert fileio.lazy_import("json", "hint", "1.0", "amnet-test-once") is first
+    assert reads == ["amnet-test-once"] and imports == ["json"]
     for _ in range(2):  # each try imports again: a package installed meanwhile is found
         with pytest.raises(RuntimeMissing, match="amnet_no_such_module is not installed: pip install it"):
             fileio.lazy_import("amnet_no_such_module", "pip install it")
+    assert imports == ["json", "amnet_no_such_module", "amnet_no_such_module"]

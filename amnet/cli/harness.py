@@ -13,6 +13,7 @@ from amnet.cli.args import THREADS, checkpoint_arg, float_precision_arg, isa_cap
 from amnet.core.errors import EXIT_FAIL, InputError
 from amnet.core.fileio import check_output_dir, check_output_path, load_npz, write_text
 from amnet.core.runner import MODEL_INPUTS
+from benchmarks.bench import PASSES
 from runtimes import registry
 
 
@@ -184,7 +185,7 @@ def run_bench(args, resolution: int) -> dict:
 
         gflops = gflops_per_frame(load_checkpoint(args.checkpoint).require_full(), resolution)
     return bench(variants, args.checkpoint, resolution, args.threads or 2, args.iters, gflops=gflops,
-                 progress=not args.quiet, isas=tuple(args.isa), verify=not args.no_verify)
+                 progress=not args.quiet, isas=tuple(args.isa), verify=not args.no_verify, passes=args.passes)
 
 
 def cmd_bench(args) -> int:
@@ -443,6 +444,9 @@ def add_commands(sub) -> None:
         s.add_argument("--only", help="comma-separated substrings of variant names to include")
         s.add_argument("--threads", type=THREADS, default=min(2, os.cpu_count() or 1))
         s.add_argument("--iters", type=positive("--iters"), default=30, help="timed iterations per variant")
+        s.add_argument("--passes", type=positive("--passes"), default=PASSES,
+                       help=f"child processes per variant, each timing a share of --iters, the order reversed every "
+                            f"other pass, so that a machine's drift moves every variant alike (default {PASSES})")
         s.add_argument("--isa", type=isa_caps, default=["native"], metavar="CAP[,CAP…]",
                        help="bench once per oneDNN ISA cap, e.g. native,AVX2,AVX512_CORE (ONEDNN_MAX_CPU_ISA for "
                             "OpenVINO and PyTorch): the rows an AVX2 laptop would see, from one machine")

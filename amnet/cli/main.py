@@ -132,9 +132,11 @@ def cmd_reenact(args) -> int:
         dropped = f"; {summary['dropped_frames']} frames repeated (--drop-late)" if summary["dropped_frames"] else ""
         end = (f"; the {lat['end_frames']} frames completed by the stream's end, all at once: up to "
                f"{lat['end_over_floor_max']} ms above their floor" if lat["end_frames"] else "")
+        live = (f"{lat['live_over_floor_p99']} ms over the {lat['live_frames']} live frames" if lat["live_frames"]
+                else "no live frames, every window reaches past the audio's end")
         print(f"latency from a frame's audio centre to its encoded frame: p50 {lat['p50']} ms, p99 {lat['p99']} ms "
-              f"(the centred window's floor: {lat['floor_p50']} ms; p99 above it: {lat['live_over_floor_p99']} ms over "
-              f"the {lat['live_frames']} live frames, {lat['over_floor_p99']} ms over all{end}){dropped}")
+              f"(the centred window's floor: {lat['floor_p50']} ms; p99 above it: {live}, "
+              f"{lat['over_floor_p99']} ms over all{end}){dropped}")
     return 0
 
 

@@ -247,11 +247,13 @@ def reenact(opts: Options) -> dict:
 
 def latency_summary(lat: np.ndarray, floor: np.ndarray, end: np.ndarray) -> dict:
     """Per-frame latency (ms) over all frames, and apart for the live frames (windows completed by audio heard)
-    and the end-of-stream ones (completed by the stream's end, all at once): a 5 s clip has 9 of 125 such frames,
+    and the end-of-stream ones (completed by the stream's end, all at once): a 5 s clip has 9 of 125 such frames
+    (10 with time deltas),
     enough to decide its p99 alone, while a live session meets that burst once."""
     def pct(x: np.ndarray, q: float) -> float | None:
         return round(float(np.percentile(x, q)), 1) if len(x) else None
 
+    end = np.asarray(end, bool)
     over = lat - floor
     return {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": pct(lat, 100),
             "floor_p50": pct(floor, 50), "floor_max": pct(floor, 100), "over_floor_p99": pct(over, 99),
