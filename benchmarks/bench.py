@@ -254,7 +254,9 @@ def markdown(report: dict) -> str:
     lines = [f"## Throughput at {report['resolution']}×{report['resolution']}, {report['threads']} threads", "",
              f"GEMM peak (numpy FP32, 2048²): {report['gemm_peak_gflops']} GFLOP/s; "
              f"model: {report['gflops_per_frame'] or float('nan'):.2f} GFLOP/frame. Roofline % = achieved FLOP/s "
-             "of the best mode vs that FP32 peak (INT8 kernels can exceed it).", "",
+             "of the best mode vs that FP32 peak (INT8 kernels can exceed it). Each variant ran in "
+             f"{report.get('passes', 1)} child process(es), the order reversed every other pass, its timings pooled "
+             "(cold start and throughput: the median pass; peak RSS: the largest).", "",
              "| variant | ISA | median ms | p90 ms | p99 ms | FPS (b=batch) | × eager (same ISA) | throughput FPS | "
              "roofline % | peak RSS MB | cold start s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
