@@ -3,9 +3,10 @@
 Each variant runs in its own child process (`python -m benchmarks.bench --one SPEC`) so that its
 peak RSS and cold start are its own. PyTorch eager is measured in the same run and every FPS is
 also given as a ratio to it. Medians, not means: these shared machines drift, by a third within
-minutes, so every variant runs once per pass (a share of its iterations each time) in an order
-reversed every other pass: each variant's timings are centred on the same moment of the run,
-and a drift moves all of them alike instead of whichever variant ran when the machine slowed.
+minutes, so every variant runs in two child processes, each timing half its iterations: the
+first pass in one order, the second in the reverse one. Each variant's two runs then sit
+symmetrically about the middle of the run, so a steady drift moves every variant alike instead
+of favouring whichever ran while the machine was fast (more passes: an even number, alternating).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ PAPER = {"cpu": {"fps": 33.8, "device": "Intel i9-10900K", "cores": 10,
          "gpu": {"fps": 158.9, "device": "NVIDIA RTX 2080 Ti", "resolution": 128}}
 REAL_TIME_FPS = 25.0
 CHILD_SECONDS = 30  # timing time per variant, all passes together, however many iterations that allows
-PASSES = 3  # children per variant: enough to centre each variant on the run's middle, few enough to start fast
+PASSES = 2  # children per variant: forward then reverse centres every variant on the run's middle
+MIN_TIMINGS = 5  # per variant (all passes together), however short the time budget
 
 
 def machine_info(threads: int | None = None) -> dict:
@@ -103,7 +105,7 @@ def bench_one(spec: dict) -> dict:
     for _ in range(spec["iters"]):
         runner.infer(feeds)
         times.append(runner.inference_time)
-        if time.perf_counter() > deadline and len(times) >= 5:
+        if time.perf_counter() > deadline and len(times) >= spec.get("min_iters", MIN_TIMINGS):
             break
     out = {"times_ms": [1e3 * x for x in times], "cold_start_s": round(cold, 3)}
     if hasattr(runner, "device_stats"):  # GPU runners: which card, peak device memory
@@ -129,6 +131,8 @@ def pooled(results: list[dict], batch: int) -> dict:
     failed = next((r for r in results if "error" in r), None)
     if failed or not results:
         return failed or {"error": "not run"}
+    if not all(r.get("times_ms") and np.isfinite(r["times_ms"]).all() for r in results):
+        return {"error": "a pass returned no timings or a non-finite one"}
     t = np.concatenate([r["times_ms"] for r in results])
     row = {k: v for k, v in results[0].items() if k != "times_ms"}  # device stats, the ISA the child ran under
     row |= {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
@@ -136,6 +140,8 @@ def pooled(results: list[dict], batch: int) -> dict:
             "fps": 1e3 * batch / float(np.median(t)),
             "cold_start_s": float(np.median([r["cold_start_s"] for r in results])),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+    if all("gpu_memory_mb" in r for r in results):  # a peak, like RSS
+        row["gpu_memory_mb"] = max(r["gpu_memory_mb"] for r in results)
     if all("throughput_fps" in r for r in results):
         row["throughput_fps"] = float(np.median([r["throughput_fps"] for r in results]))
     return row
@@ -209,15 +215,20 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
     peak = gemm_peak_gflops()
     rows = []
     specs = [{**spec, "isa": isa} for isa in isas_run for spec in specs]
-    passes = max(1, min(passes, iters))
-    share = -(-iters // passes)  # each pass times a share; together at least `iters`
+    if iters < 1 or passes < 1:
+        raise InputError(f"need at least one timed iteration and one pass, got iters={iters}, passes={passes}")
+    passes = min(passes, iters)
+    if passes > 1 and passes % 2:  # an even number of passes (forward, reverse, …) centres every variant
+        passes += 1
     runs: list[list[dict]] = [[] for _ in specs]
-    order = [i for p in range(passes) for i in (range(len(specs)) if p % 2 == 0 else reversed(range(len(specs))))]
-    for i in progress_bar(order, desc=f"bench {resolution}²", disable=not progress, unit="run"):
+    order = [(p, i) for p in range(passes) for i in (range(len(specs)) if p % 2 == 0 else reversed(range(len(specs))))]
+    for p, i in progress_bar(order, desc=f"bench {resolution}²", disable=not progress, unit="run"):
         if runs[i] and "error" in runs[i][-1]:
             continue  # a variant that failed once is a failed row: no second try that might pass
-        runs[i].append(run_child({**specs[i], "threads": threads, "iters": share, "warmup": warmup,
-                                  "verify": verify, "max_seconds": CHILD_SECONDS / passes}))
+        share = iters // passes + (p < iters % passes)  # the passes' shares add up to `iters`
+        runs[i].append(run_child({**specs[i], "threads": threads, "iters": max(1, share), "warmup": warmup,
+                                  "verify": verify, "max_seconds": CHILD_SECONDS / passes,
+                                  "min_iters": -(-MIN_TIMINGS // passes)}))
     for spec, results in zip(specs, runs):
         row = {k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution", "isa")}
         rows.append(row | pooled(results, spec["batch"] or 1))

@@ -113,8 +113,8 @@ def test_bench_runs_in_child_processes(small_build, checkpoint_file):
 
 
 def test_bench_centres_every_variant_on_the_same_moment_and_fails_closed(monkeypatch, checkpoint_file):
-    """Passes in alternating order (a drift moves every variant alike); timings pooled over passes; a variant
-    that fails in any pass is a failed row, not retried until it passes."""
+    """Two passes, the second in reverse order (every variant's runs symmetric about the run's middle); timings
+    pooled over passes, shares adding up to --iters; a variant that fails in a pass is a failed row, not retried."""
     from types import SimpleNamespace
 
     from benchmarks import bench as bench_mod
@@ -122,27 +122,33 @@ def test_bench_centres_every_variant_on_the_same_moment_and_fails_closed(monkeyp
     calls = []
 
     def child(spec):
-        calls.append(spec["name"])
-        if spec["name"] == "b" and calls.count("b") == 2:
+        calls.append((spec["name"], spec["iters"]))
+        k = sum(name == spec["name"] for name, _ in calls)  # pass k: timings k·10 ms …, a computable median
+        if spec["name"] == "b":
             return {"error": "RuntimeError: lost the device"}
-        k = calls.count(spec["name"])  # pass k: timings k·10 ms … so the pooled median is computable
+        if spec["name"] == "c" and k == 2:
+            return {"times_ms": [float("nan")], "cold_start_s": 1.0, "peak_rss_mb": 1.0}
         return {"times_ms": [10.0 * k, 10.0 * k + 1], "cold_start_s": float(k), "peak_rss_mb": 100.0 + k,
-                "throughput_fps": 5.0 * k}
+                "throughput_fps": 5.0 * k, "gpu_memory_mb": 50.0 * k}
 
     monkeypatch.setattr(bench_mod, "run_child", child)
     variants = [SimpleNamespace(name=n, runtime="onnxruntime", precision="fp32", path=Path(n), batch=1, resolution=32)
-                for n in ("a", "b")]
-    report = bench_mod.bench(variants, str(checkpoint_file), 32, iters=5, progress=False, passes=3)
+                for n in ("a", "b", "c")]
+    report = bench_mod.bench(variants, str(checkpoint_file), 32, iters=5, progress=False)
     eager = "pytorch-fp32-eager"
-    assert calls == [eager, "a", "b", "b", "a", eager, eager, "a"]  # b failed in pass 2: not run again
+    assert [name for name, _ in calls] == [eager, "a", "b", "c", "c", "a", eager]  # b failed: not run again
+    assert [n for name, n in calls if name == "a"] == [3, 2] and report["passes"] == 2
     rows = {r["name"]: r for r in report["rows"]}
-    assert rows["b"] == rows["b"] | {"error": "RuntimeError: lost the device"} and "fps" not in rows["b"]
+    assert rows["b"]["error"] == "RuntimeError: lost the device" and "fps" not in rows["b"]
+    assert "non-finite" in rows["c"]["error"] and "fps" not in rows["c"]  # a NaN timing is a failed row
     a = rows["a"]
-    pooled = [10.0, 11.0, 20.0, 21.0, 30.0, 31.0]
-    assert a["median_ms"] == np.median(pooled) and a["iters"] == 6 and a["passes"] == 3
-    assert a["fps"] == pytest.approx(1000 / np.median(pooled))
-    assert (a["cold_start_s"], a["peak_rss_mb"], a["throughput_fps"]) == (2.0, 103.0, 10.0)
-    assert a["ratio_vs_eager"] == pytest.approx(1.0) and report["passes"] == 3
+    pooled = [10.0, 11.0, 20.0, 21.0]
+    assert a["median_ms"] == np.median(pooled) and a["iters"] == 4 and a["passes"] == 2
+    assert a["fps"] == pytest.approx(1000 / np.median(pooled)) and a["ratio_vs_eager"] == pytest.approx(1.0)
+    assert (a["cold_start_s"], a["peak_rss_mb"], a["throughput_fps"], a["gpu_memory_mb"]) == (1.5, 102.0, 7.5, 100.0)
+    calls.clear()
+    assert bench_mod.bench(variants[:1], None, 32, iters=5, progress=False, passes=3)["passes"] == 4  # even
+    assert [name for name, _ in calls] == ["a"] * 4 and [n for _, n in calls] == [2, 1, 1, 1]
 
 
 def test_bench_per_isa_cap(small_build, checkpoint_file):
@@ -155,7 +161,7 @@ def test_bench_per_isa_cap(small_build, checkpoint_file):
     variants = [v for v in collect_variants(d, 32) if v.batch == 1]
     native = cpu.isa()["native"]
     report = bench(variants, str(checkpoint_file), 32, threads=1, iters=5, warmup=1, progress=False,
-                   isas=("native", "AVX2", "AVX512_CORE"))
+                   isas=("native", "AVX2", "AVX512_CORE"), passes=1)
     expected = ["native"] + (["AVX2"] if native["AVX2"] else []) + (["AVX512_CORE"] if native["AVX-512"] else [])
     assert report["isas"] == expected
     if not native["AVX-512"]:

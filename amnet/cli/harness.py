@@ -446,7 +446,8 @@ def add_commands(sub) -> None:
         s.add_argument("--iters", type=positive("--iters"), default=30, help="timed iterations per variant")
         s.add_argument("--passes", type=positive("--passes"), default=PASSES,
                        help=f"child processes per variant, each timing a share of --iters, the order reversed every "
-                            f"other pass, so that a machine's drift moves every variant alike (default {PASSES})")
+                            f"other pass (an odd number > 1 is rounded up: forward and reverse pairs centre every "
+                            f"variant), so that a machine's drift moves every variant alike (default {PASSES})")
         s.add_argument("--isa", type=isa_caps, default=["native"], metavar="CAP[,CAP…]",
                        help="bench once per oneDNN ISA cap, e.g. native,AVX2,AVX512_CORE (ONEDNN_MAX_CPU_ISA for "
                             "OpenVINO and PyTorch): the rows an AVX2 laptop would see, from one machine")
