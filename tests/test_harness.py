@@ -187,3 +187,21 @@ def test_the_cpu_is_named_with_its_family_model_and_core():
     assert describe_cpu(info("GenuineIntel", "Intel(R) Xeon(R) Platinum 8480+", 6, 143))[0] == \
         "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143)"  # no guess where no table is kept
     assert describe_cpu("model name\t: Some CPU\nflags\t: sse2\n") == ("Some CPU", {"sse2"})
+
+
+def test_the_recommendation_quotes_the_ratio_of_the_fps_it_quotes():
+    """A pick that wins in throughput mode: its sentence gives that FPS over eager's, not the batch-1 ratio."""
+    from amnet.cli.harness import choose_markdown, rank
+
+    parity = [{"variant": v, "passed": ok, "runtime": "openvino", "precision": "int8", "actual_precision": "int8",
+               "batch": 1, "metrics": {"face": {"psnr": 45.0}}} for v, ok in (("fast", True), ("slow", True),
+                                                                                ("broken", False))]
+    bench = [{"name": "fast", "fps": 10.0, "throughput_fps": 20.0, "ratio_vs_eager": 2.0, "median_ms": 100.0},
+             {"name": "slow", "fps": 12.0, "ratio_vs_eager": 2.4, "median_ms": 83.3},
+             {"name": "broken", "fps": 50.0, "throughput_fps": 60.0, "ratio_vs_eager": 10.0, "median_ms": 20.0}]
+    ranked = rank(parity, bench)
+    assert [r["variant"] for r in ranked] == ["fast", "slow"]  # best of the modes; a failed variant never ranks
+    assert (ranked[0]["ratio_vs_eager"], ranked[0]["best_vs_eager"]) == (2.0, 20.0 / (10.0 / 2.0))
+    text = choose_markdown(ranked, 128, 2, ["broken"])
+    assert "throughput mode (async streams): 20.0 FPS (4.0× PyTorch eager at batch 1)" in text
+    assert "| 1 | fast | int8 | 10.0 | 20.0 | 2.0 | 4.0 | 100.0 | 45.0 |" in text
