@@ -111,8 +111,8 @@ def judge(native: dict, avx2: dict | None) -> list[dict]:
     note = "no stream row"
     if mode:
         lat = streams[mode]
-        note = (f"--{mode}, p99 of the live frames' ms over their floor (p50 {lat['p50']} ms, floor ≤ {lat['floor_max']} ms)" +
-                (f"; {lat['live_frames']} live frames; over all frames {lat['over_floor_p99']} ms, the "
+        note = (f"--{mode}, p99 ms over each frame's floor (p50 {lat['p50']} ms, floor ≤ {lat['floor_max']} ms)" +
+                (f"; of the {lat['live_frames']} live frames; over all frames {lat['over_floor_p99']} ms, the "
                  f"{lat['end_frames']} completed by the stream's end up to {lat['end_over_floor_max']} ms"
                  if key[mode] == "live_over_floor_p99" else "; all frames"))
     bars.append(_bar(15, f"--stream 128² latency p99 ≤ floor + {STREAM_OVER_FLOOR_MS} ms", value,

@@ -198,6 +198,11 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
 
     from runtimes import registry
 
+    if iters < 1 or passes < 1:
+        raise InputError(f"need at least one timed iteration and one pass, got iters={iters}, passes={passes}")
+    passes = min(passes, iters)
+    if passes > 1 and passes % 2:  # an even number of passes (forward, reverse, …) centres every variant
+        passes += 1
     specs = []
     isas_run, notes = usable_isas(isas)
     eager_missing = registry.get("pytorch").missing() if checkpoint else None
@@ -215,11 +220,6 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
     peak = gemm_peak_gflops()
     rows = []
     specs = [{**spec, "isa": isa} for isa in isas_run for spec in specs]
-    if iters < 1 or passes < 1:
-        raise InputError(f"need at least one timed iteration and one pass, got iters={iters}, passes={passes}")
-    passes = min(passes, iters)
-    if passes > 1 and passes % 2:  # an even number of passes (forward, reverse, …) centres every variant
-        passes += 1
     runs: list[list[dict]] = [[] for _ in specs]
     order = [(p, i) for p in range(passes) for i in (range(len(specs)) if p % 2 == 0 else reversed(range(len(specs))))]
     for p, i in progress_bar(order, desc=f"bench {resolution}²", disable=not progress, unit="run"):

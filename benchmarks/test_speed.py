@@ -85,7 +85,6 @@ def test_eager_vs_openvino_interleaved(benchmark, setup):
     runners = {"eager": TorchRunner(model, threads=THREADS, gc_form="grouped"),
                **{v: open_runner(d / f"amnet_full_b1_r{r}{s}.xml", threads=THREADS) for v, s in OV_SUFFIX.items()}}
     times: dict[str, list[float]] = {name: [] for name in runners}
-
     names = list(runners)
 
     def rounds():

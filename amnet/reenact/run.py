@@ -248,8 +248,7 @@ def reenact(opts: Options) -> dict:
 def latency_summary(lat: np.ndarray, floor: np.ndarray, end: np.ndarray) -> dict:
     """Per-frame latency (ms) over all frames, and apart for the live frames (windows completed by audio heard)
     and the end-of-stream ones (completed by the stream's end, all at once): a 5 s clip has 9 of 125 such frames
-    (10 with time deltas),
-    enough to decide its p99 alone, while a live session meets that burst once."""
+    (10 with time deltas), enough to decide its p99 alone, while a live session meets that burst once."""
     def pct(x: np.ndarray, q: float) -> float | None:
         return round(float(np.percentile(x, q)), 1) if len(x) else None
 
