@@ -22,19 +22,11 @@ INTERLEAVED_ROUNDS = 10  # a multiple of the 5 models: each starts a round twice
 def setup(request, tmp_path_factory):
     from amnet import default_checkpoint
     from amnet.checkpoint import load_checkpoint
-    from export.int8_scope import PIPELINE_SMOOTH_GC, shipped_smoothed_scope
-    from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
+    from benchmarks.bench_models import build_models, cached_models, models_root
 
     r = request.param
-    d = tmp_path_factory.mktemp(f"bench{r}")
-    export_checkpoint(default_checkpoint(r), d, ExportOptions((1,), r, check_parity=False, progress=False))
-    build(d, "onnxruntime", d, BuildOptions(("int8",), (1,), r, 32, progress=False))
-    build(d, "openvino", d, BuildOptions(("fp32", "fp16", "int8"), (1,), r, 32, progress=False))
-    # The GC-smoothed INT8 that `make run` builds beside the default one (amnet_full_b1_rR_gcs_ov_int8.xml).
-    export_checkpoint(default_checkpoint(r), d, ExportOptions((1,), r, check_parity=False, progress=False,
-                                                            smooth_gc=PIPELINE_SMOOTH_GC))
-    build(d, "openvino", d, BuildOptions(("int8",), (1,), r, 32, progress=False,
-                                         int8_scope=shipped_smoothed_scope(r)))
+    root = models_root()  # AMNET_BENCH_MODELS: built once there (by every core), reused by later runs
+    d = cached_models(r, root) if root else build_models(r, tmp_path_factory.mktemp(f"bench{r}"))
     rng = np.random.default_rng(0)
     feeds = {"source": rng.uniform(-1, 1, (1, 3, r, r)).astype(np.float32),
              "audio": rng.normal(0, 30, (1, 1, 64, 60)).astype(np.float32),

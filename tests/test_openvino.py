@@ -47,16 +47,15 @@ def ir_constant_types(xml) -> set[str]:
 def test_manifest_records_the_precision_that_ran(ov_build):
     d, arts = ov_build
     # Computed here from the CPU and the IR files, not read back from what the build said.
-    # The policy (amnet.core.cpu): FP32 computes f32; the float parts of FP16/INT8 compute f16 where the CPU
-    # has native f16, else bf16 where it has native bf16, else f32 (test_cpu_isa_cap covers ONEDNN_MAX_CPU_ISA).
+    # The policy (amnet.core.cpu): FP32 computes f32; the float parts of FP16/INT8 compute bf16 where the CPU
+    # has native bf16, else f32 (test_cpu_isa_cap covers ONEDNN_MAX_CPU_ISA).
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         pytest.skip("the flags below are the uncapped CPU's")
     flags = cpu_flags()
-    native_f16 = bool({"avx512_fp16"} & flags)
     native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
     floats = "bf16" if native_bf16 else "f32"
     assert arts["fp32"]["actual_precision"]["compute"] == "f32"
-    assert arts["fp16"]["actual_precision"]["compute"] == ("f16" if native_f16 else floats)
+    assert arts["fp16"]["actual_precision"]["compute"] == floats
     assert arts["int8"]["actual_precision"]["compute"] == floats
     assert "f16" in ir_constant_types(d / arts["fp16"]["file"])  # conv weights stored as f16
     assert "f16" not in ir_constant_types(d / arts["fp32"]["file"])
@@ -79,8 +78,17 @@ def test_cpu_isa_cap(monkeypatch):
                               ("AVX512_CORE_VNNI", "AVX512-VNNI", "f32"), ("AVX512_CORE_BF16", "AVX512-BF16", "bf16")):
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
         assert (cpu.isa_name(), cpu.float_precision("int8")) == (name, floats), cap
+    # A Xeon with AMX and AVX512-FP16: FP16 variants compute bf16 too (f16 ran at half the FP32 IR's speed there).
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("Xeon", {"avx2", "avx512f", "avx512_vnni", "avx512_bf16",
+                                                          "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"}))
+    assert cpu.isa_name() == "AMX" and cpu.float_precision("fp16") == cpu.float_precision("int8") == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_FP16")
+    assert cpu.float_precision("fp16") == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu.float_precision("fp16") == "f32"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "DEFAULT")  # oneDNN's word for no cap
-    assert cpu.isa()["cap"] is None and cpu.isa_name() == "AVX512-BF16"
+    assert cpu.isa()["cap"] is None and cpu.isa_name() == "AMX"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2_VNNI")  # AVX-VNNI (Alder Lake) is not AVX512-VNNI
     assert cpu.isa_name() == "AVX2"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX1024")
