@@ -24,12 +24,19 @@ test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
-# The suites as the CPU is, then (where it has more than AVX2) eager and OpenVINO under AVX2 kernels, then the
-# issue bars judged from both JSON files (reports/bench/bars.md).
+# The models built once (every core), the parity gate on them (the speed bars count only variants that pass), the
+# suites as the CPU is, then (where it has more than AVX2) eager and OpenVINO under AVX2 kernels, then the issue
+# bars judged from all of it (reports/bench/bars.md). BENCH_CPUS=14,15 pins the gate and the suites to two cores
+# of a bigger machine (taskset), as the bars ask.
 BENCH_OUT ?= reports/bench
-BENCH := $(BIN)/python -m pytest benchmarks/test_speed.py -q -p no:cacheprovider --benchmark-only --benchmark-enable --benchmark-columns=median,iqr,ops -o addopts=""
+BENCH_CPUS ?=
+PIN := $(if $(BENCH_CPUS),taskset -c $(BENCH_CPUS))
+BENCH := AMNET_BENCH_MODELS=$(BENCH_OUT)/models $(PIN) $(BIN)/python -m pytest benchmarks/test_speed.py -q -p no:cacheprovider --benchmark-only --benchmark-enable --benchmark-columns=median,iqr,ops -o addopts=""
 bench: $(STAMP)
-	mkdir -p $(BENCH_OUT) && rm -f $(BENCH_OUT)/avx2.json $(BENCH_OUT)/bars.*
+	mkdir -p $(BENCH_OUT) && rm -rf $(BENCH_OUT)/models $(BENCH_OUT)/avx2.json $(BENCH_OUT)/bars.* $(BENCH_OUT)/parity_*
+	$(BIN)/python -m benchmarks.bench_models $(BENCH_OUT)/models
+	for r in 256 128; do $(PIN) $(BIN)/amnet-deploy parity --build $(BENCH_OUT)/models/r$$r --resolution $$r \
+	  --only openvino-fp16,openvino-int8 --quiet --report $(BENCH_OUT)/parity_$$r || echo "parity at $$r² failed: see $(BENCH_OUT)/parity_$$r"; done
 	$(BENCH) --benchmark-json=$(BENCH_OUT)/native.json
 	if $(BIN)/python -c 'from amnet.core.cpu import isa_name; raise SystemExit(isa_name() in ("AVX2", "SSE/AVX"))'; then \
 	  ONEDNN_MAX_CPU_ISA=AVX2 $(BENCH) -k "eager or openvino" --benchmark-json=$(BENCH_OUT)/avx2.json; fi

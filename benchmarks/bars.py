@@ -4,7 +4,11 @@
 
 Reads ``native.json`` (the CPU as it is) and, where the CPU has more than AVX2,
 ``avx2.json`` (the same suites under ``ONEDNN_MAX_CPU_ISA=AVX2``); on an
-AVX2-only CPU the native run is the AVX2 run. Writes ``bars.md`` and
+AVX2-only CPU the native run is the AVX2 run. The issue-14 bars count only
+variants that passed the parity gate on this CPU (``parity_<R>/parity.json``,
+written by `make bench` from the same models), an INT8 one also the bar's own
+limits (PSNR ≥ 40 dB and SSIM ≥ 0.98 in every mode, landmark shift ≤ 1.0 px, no
+face lost); without that report they are not met. Writes ``bars.md`` and
 ``bars.json`` beside them: each bar with its figure, the run it came from, and
 met / not met / not judged here (a bar meant for another kind of CPU is never
 counted as met). Exit 0, or with ``--strict`` 1 unless every judged bar is met.
@@ -20,6 +24,9 @@ from amnet.core.errors import InputError
 from amnet.core.fileio import write_text
 
 OV_PICKS = ("fp16", "int8", "gcs_int8")  # the OpenVINO variants `make run`'s gate passes and `choose` picks from
+PARITY_NAMES = {"fp16": "openvino-fp16-b1-r{r}", "int8": "openvino-int8-b1-r{r}", "gcs_int8": "openvino-int8-gcs-b1-r{r}"}
+INT8_BAR = {"psnr": 40.0, "ssim": 0.98}  # issue 14's INT8 gate, beside landmark shift ≤ 1.0 px and no face lost
+INT8_BAR_SHIFT_PX, INT8_BAR_DETECTION = 1.0, 1.0
 BF16_ISAS = ("AMX", "AVX512-BF16")
 STREAM_OVER_FLOOR_MS = 80
 
@@ -42,16 +49,62 @@ def load_run(path: Path) -> dict | None:
     return run
 
 
-def _best_ov(run: dict, r: int) -> tuple[str, float] | None:
-    picks = [(v, run["fps"][("openvino", r, v)]) for v in OV_PICKS if ("openvino", r, v) in run["fps"]]
+def load_gates(folder: Path) -> dict[int, dict[str, str | None]]:
+    """{resolution: {pick: None if it passed, else why not}} from parity_<R>/parity.json; a resolution without
+    that file is absent (its bars are then not met)."""
+    gates = {}
+    for r in (256, 128):
+        path = folder / f"parity_{r}" / "parity.json"
+        if not path.is_file():
+            continue
+        try:
+            rows = {row["variant"]: row for row in json.loads(path.read_text())["variants"]}
+            gates[r] = {v: gate_failure(rows.get(name.format(r=r)), v) for v, name in PARITY_NAMES.items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise InputError(f"{path} is not a parity report ({type(e).__name__}): rerun `make bench`")
+    return gates
+
+
+def gate_failure(row: dict | None, pick: str) -> str | None:
+    if row is None:
+        return "not in the parity report"
+    if not row["passed"]:
+        return "failed the parity gate: " + "; ".join(row.get("failures") or ["no reason given"])[:160]
+    if pick == "fp16":
+        return None  # the FP16 limits (45 dB, SSIM 0.99) are stricter than the bar's
+    modes = row.get("modes") or {"default": row["metrics"]["face"]}
+    face = row["metrics"]["face"]
+    worst = {m: min(float(x[m]) for x in modes.values()) for m in INT8_BAR}
+    why = [f"{m} {worst[m]:.3g} < {need:g}" for m, need in INT8_BAR.items() if not worst[m] >= need]
+    shifts = [x["landmark_shift_px"] for x in modes.values() if x.get("landmark_shift_px") is not None]
+    shift = max(shifts) if shifts else face.get("landmark_shift_px")
+    if shift is None or not float(shift) <= INT8_BAR_SHIFT_PX:
+        why.append(f"landmark shift {shift} px > {INT8_BAR_SHIFT_PX:g}" if shift is not None else "no landmark shift")
+    detection = face.get("detection_rate")
+    if detection is None or not float(detection) >= INT8_BAR_DETECTION:
+        why.append(f"faces found {detection}")
+    return "; ".join(why) or None
+
+
+def _best_ov(run: dict, r: int, gates: dict | None = None) -> tuple[str, float] | None:
+    """The fastest OpenVINO pick at r; with gates, the fastest of those that passed the gate at r."""
+    ok = (lambda v: True) if gates is None else (lambda v: r in gates and gates[r].get(v, "absent") is None)
+    picks = [(v, run["fps"][("openvino", r, v)]) for v in OV_PICKS if ("openvino", r, v) in run["fps"] and ok(v)]
     return max(picks, key=lambda p: p[1]) if picks else None
+
+
+def _gate_note(gates: dict, r: int) -> str:
+    if r not in gates:
+        return f"no parity_{r}/parity.json: `make bench` writes it"
+    failed = {v: why for v, why in gates[r].items() if why}
+    return "; ".join(f"{v} excluded ({why})" for v, why in failed.items())
 
 
 def _bar(issue, text, value, need, met, source, note="") -> dict:
     return {"issue": issue, "bar": text, "value": value, "need": need, "met": met, "run": source, "note": note}
 
 
-def judge(native: dict, avx2: dict | None) -> list[dict]:
+def judge(native: dict, avx2: dict | None, gates: dict) -> list[dict]:
     best = native["isa"].get("best", "unknown")
     cpu = native["isa"].get("cpu", "unknown CPU")
     here = f"{cpu}, {best}"
@@ -61,10 +114,11 @@ def judge(native: dict, avx2: dict | None) -> list[dict]:
     bars = []
 
     for r, need in ((256, 25.0), (128, 100.0)):
-        pick = _best_ov(native, r)
+        pick = _best_ov(native, r, gates)
         value = round(pick[1], 1) if pick else None
         met = (value is not None and value >= need) if best in BF16_ISAS else None
-        note = f"OpenVINO {pick[0]}" if pick else "no OpenVINO row"
+        note = "; ".join(filter(None, [f"OpenVINO {pick[0]}" if pick else "no OpenVINO row that passed the gate",
+                                       _gate_note(gates, r)]))
         if met is None:
             note += f"; meant for two AVX512-BF16 or AMX cores, this CPU's best is {best}"
         bars.append(_bar(14, f"{r}² best OpenVINO variant, native, ≥ {need:g} FPS", value, need, met, "native", note))
@@ -76,22 +130,25 @@ def judge(native: dict, avx2: dict | None) -> list[dict]:
             bars.append(_bar(14, text, None, need, False if missing else None, "",
                              "no avx2.json: run `make bench` (it adds the AVX2 run)" if missing else "no AVX2 here"))
             continue
-        pick, eager = _best_ov(avx2_run, r), avx2_run["fps"].get(("pytorch_eager", r, ""))
+        # The gate ran natively; under the cap the float parts compute f32, nearer FP32 than what passed.
+        pick, eager = _best_ov(avx2_run, r, gates), avx2_run["fps"].get(("pytorch_eager", r, ""))
         interleaved = avx2_run["extra"].get(("eager_vs_openvino_interleaved", r, ""), {})
         ms = interleaved.get("median_ms") or {}
         ratios = {v: x for v, x in (interleaved.get("ratio_to_eager") or {}).items()
-                  if v in OV_PICKS and isinstance(x, (int, float)) and v in ms and "eager" in ms}
+                  if v in OV_PICKS and isinstance(x, (int, float)) and v in ms and "eager" in ms
+                  and r in gates and gates[r].get(v, "absent") is None}
+        excluded = _gate_note(gates, r)
         if ratio and ratios:  # measured in alternation: drift between the suites cannot move it
             v = max(ratios, key=ratios.get)
             bars.append(_bar(14, text, round(ratios[v], 2), need, ratios[v] >= need, avx2_src,
-                             f"OpenVINO {v} {ms[v]} ms vs eager {ms['eager']} ms, medians of "
-                             f"{interleaved.get('rounds')} interleaved rounds"))
+                             "; ".join(filter(None, [f"OpenVINO {v} {ms[v]} ms vs eager {ms['eager']} ms, medians of "
+                                                     f"{interleaved.get('rounds')} interleaved rounds", excluded]))))
             continue
         value = (pick[1] / eager if ratio and eager else pick[1]) if pick else None
+        note = (f"OpenVINO {pick[0]}" + (f", eager {eager:.2f} FPS" if ratio and eager else "") if pick
+                else "no OpenVINO row that passed the gate")
         bars.append(_bar(14, text, None if value is None else round(value, 2), need,
-                         value is not None and value >= need, avx2_src,
-                         f"OpenVINO {pick[0]}" + (f", eager {eager:.2f} FPS" if ratio and eager else "") if pick
-                         else "no OpenVINO row"))
+                         value is not None and value >= need, avx2_src, "; ".join(filter(None, [note, excluded]))))
 
     for r, need in ((128, 25.0), (256, 15.0)):
         extra = native["extra"].get(("reenact_end_to_end", r, "offline"))
@@ -138,6 +195,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         native, avx2 = load_run(args.folder / "native.json"), load_run(args.folder / "avx2.json")
+        gates = load_gates(args.folder)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -145,7 +203,7 @@ def main(argv=None) -> int:
         print(f"error: {args.folder / 'native.json'} not found: run `make bench` first", file=sys.stderr)
         return 2
     try:
-        bars = judge(native, avx2)
+        bars = judge(native, avx2, gates)
     except (KeyError, TypeError, AttributeError, ValueError) as e:  # a row of the right shape but wrong content
         print(f"error: {args.folder} holds a damaged benchmark row ({type(e).__name__}: {e}): rerun `make bench`",
               file=sys.stderr)

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from amnet import default_checkpoint
+from amnet.core.errors import EXIT_USAGE, AmnetError
 from amnet.core.fileio import write_text
 from amnet.core.runner import MODEL_INPUTS
 
@@ -384,9 +386,12 @@ def main(argv=None) -> int:
     ap.add_argument("--resolutions", default="128,256", type=sizes, help="comma-separated, each divisible by 4")
     ap.add_argument("--build-dir", type=Path, help="where the CUDA plans and weights go (default OUT/build)")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args.out, args.checkpoint, args.resolutions,
-                 build_dir=args.build_dir)
+    try:  # no CUDA, a checkpoint that is not one, an output folder that cannot be made: one line, exit 2
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = run(args.out, args.checkpoint, args.resolutions, build_dir=args.build_dir)
+    except (AmnetError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE
     write_text(args.out / "gpu_report.json", json.dumps(report, indent=1, default=float) + "\n")
     text = markdown(report)
     write_text(args.out / "gpu_report.md", text)

@@ -25,7 +25,7 @@ import numpy as np
 
 from amnet.core import artifacts
 from amnet.core.errors import AmnetError, InputError
-from amnet.core.fileio import atomic_write, check_output_path, write_text
+from amnet.core.fileio import atomic_write, check_output_path, file_sha256, write_text
 from amnet.core.limits import FACE_CHECKS, parse_key
 from amnet.core.metrics import compare
 from amnet.core.runner import MODEL_INPUTS, run_in_chunks, run_in_flight
@@ -60,6 +60,39 @@ def collect_variants(build_dir: Path, resolution: int | None = None) -> list[Var
         out.append(Variant(f"{a['runtime']}-{a['precision']}-{tag}-r{a['resolution']}", a["runtime"], a["precision"],
                            build_dir / a["file"], a.get("batch"), a.get("resolution"), a))
     return out
+
+
+def built_from(build_dir: Path, variants: list[Variant]) -> dict[str, dict]:
+    """Variant name → the provenance of the checkpoint it was exported from (source_checkpoint, source_sha256),
+    followed through the manifest's "from" links, for the variants whose chain records one."""
+    by_name = {a["name"]: a for a in artifacts.read(Path(build_dir))["artifacts"]}
+    out = {}
+    for v in variants:
+        a, hops = v.extra, 0
+        while a is not None and hops < 8:  # export → ONNX precision → IR/engine: a few links at most
+            if (a.get("provenance") or {}).get("source_sha256"):
+                out[v.name] = a["provenance"]
+                break
+            a, hops = by_name.get(a.get("from")), hops + 1
+    return out
+
+
+def check_reference_source(build_dir: Path, variants: list[Variant], checkpoint) -> None:
+    """A reference from another checkpoint than the variants' own makes every comparison meaningless (a 256²
+    build against the 128² model: 19 dB, a false FAIL; two near models could pass falsely): refuse it."""
+    sources = built_from(build_dir, variants)
+    if not sources:
+        return
+    sha = file_sha256(checkpoint)
+    other = {p["source_sha256"]: p.get("source_checkpoint", "another checkpoint") for p in sources.values()
+             if p["source_sha256"] != sha}
+    if other:
+        from amnet.checkpoint import load_checkpoint
+
+        load_checkpoint(checkpoint)  # a file that is no sound checkpoint at all says so first (NaN weights, damage)
+        digest, name = next(iter(other.items()))
+        raise InputError(f"{Path(build_dir).name}'s variants were exported from {name} (sha256 {digest[:12]}…), "
+                         f"not from {Path(checkpoint).name}: pass that checkpoint as the reference")
 
 
 def open_variant(v: Variant, threads: int | None = None, verify: bool = True, **options):

@@ -17,6 +17,22 @@ def bench_json(path, best, fps: dict, reenact: dict | None = None, interleaved: 
                                 "benchmarks": rows}))
 
 
+def parity_json(folder, r, **rows):
+    """parity_<r>/parity.json as `make bench` writes it: each OpenVINO pick passing with the face metrics given
+    (psnr, ssim, shift, found), or failing with passed=False."""
+    variants = []
+    for pick, name in bars.PARITY_NAMES.items():
+        m = {"psnr": 45.0, "ssim": 0.99, "shift": 0.5, "found": 1.0, "passed": True} | rows.get(pick, {})
+        mode = {"passed": m["passed"], "psnr": m["psnr"], "ssim": m["ssim"], "landmark_shift_px": m["shift"]}
+        variants.append({"variant": name.format(r=r), "passed": m["passed"],
+                         "failures": [] if m["passed"] else ["face.psnr 20 < 32"],
+                         "metrics": {"face": {"psnr": m["psnr"], "ssim": m["ssim"], "landmark_shift_px": m["shift"],
+                                              "detection_rate": m["found"]}},
+                         "modes": {"latency": mode, "throughput": mode}})
+    (folder / f"parity_{r}").mkdir(exist_ok=True)
+    (folder / f"parity_{r}" / "parity.json").write_text(json.dumps({"variants": variants, "passed": True}))
+
+
 def by_bar(result):
     return {b["bar"]: b for b in result}
 
@@ -27,6 +43,8 @@ def test_avx2_cpu_judges_its_own_bars_and_leaves_the_bf16_ones(tmp_path, capsys)
     reenact = {(128, "offline"): {"fps_end_to_end": 26.0}, (256, "offline"): {"fps_end_to_end": 7.0},
                (128, "stream"): {"latency_ms": {"over_floor_p99": 900.0, "p50": 1.0, "floor_max": 383.0}},
                (128, "stream-drop-late"): {"latency_ms": {"over_floor_p99": 96.0, "p50": 1.0, "floor_max": 383.0}}}
+    parity_json(tmp_path, 256)
+    parity_json(tmp_path, 128)
     bench_json(tmp_path / "native.json", "AVX2", fps, reenact)
     assert bars.main([str(tmp_path)]) == 0  # a report, not a gate
     got = by_bar(json.loads((tmp_path / "bars.json").read_text()))
@@ -63,6 +81,8 @@ def test_the_ratio_bar_reads_the_interleaved_row_when_there_is_one(tmp_path):
     fps = {("pytorch_eager", 256, ""): 4.0, ("openvino", 256, "gcs_int8"): 13.0}  # 3.25× from far-apart suites
     interleaved = {256: {"rounds": 8, "median_ms": {"eager": 300.0, "fp32": 80.0, "int8": 115.0, "gcs_int8": 120.0},
                          "ratio_to_eager": {"fp32": 3.75, "int8": 2.609, "gcs_int8": 2.5}}}
+    parity_json(tmp_path, 256)
+    parity_json(tmp_path, 128)
     bench_json(tmp_path / "native.json", "AVX2", fps, interleaved=interleaved)
     bars.main([str(tmp_path)])
     ratio = by_bar(json.loads((tmp_path / "bars.json").read_text()))["256² under AVX2 kernels ≥ 3× PyTorch eager"]
@@ -79,6 +99,8 @@ def test_amx_cpu_uses_the_capped_run_for_the_avx2_bars(tmp_path):
     reenact = {(128, "offline"): {"fps_end_to_end": 60.0}, (256, "offline"): {"fps_end_to_end": 20.0},
                (128, "stream"): {"latency_ms": {"over_floor_p99": 40.0, "p50": 1.0, "floor_max": 383.0}}}
     bench_json(tmp_path / "native.json", "AMX", native, reenact)
+    parity_json(tmp_path, 256)
+    parity_json(tmp_path, 128)
     bench_json(tmp_path / "avx2.json", "AVX2", capped)
     bars.main([str(tmp_path)])
     got = by_bar(json.loads((tmp_path / "bars.json").read_text()))
@@ -120,6 +142,43 @@ def test_a_row_of_the_right_shape_but_wrong_content_is_one_line_and_exit_2(tmp_p
     interleaved = {256: {"rounds": 10, "median_ms": {"int8": 100.0}, "ratio_to_eager": {"int8": 3.5, "fp16": None}}}
     bench_json(tmp_path / "native.json", "AVX2", {("pytorch_eager", 256, ""): 4.0, ("openvino", 256, "int8"): 9.0},
                interleaved=interleaved)
+    parity_json(tmp_path, 256)
     assert bars.main([str(tmp_path)]) == 0
     ratio = by_bar(json.loads((tmp_path / "bars.json").read_text()))["256² under AVX2 kernels ≥ 3× PyTorch eager"]
     assert ratio["value"] == 2.25 and "interleaved" not in ratio["note"]
+
+
+def test_the_speed_bars_count_only_variants_that_passed_the_gate(tmp_path):
+    """The fastest pick failing the product's gate, or issue 14's INT8 limits (PSNR ≥ 40, SSIM ≥ 0.98, landmark
+    shift ≤ 1.0 px, no face lost) in any mode, is passed over for the next; no parity report: not met."""
+    native = {("openvino", 256, "gcs_int8"): 40.0, ("openvino", 256, "int8"): 30.0, ("openvino", 256, "fp16"): 20.0,
+              ("openvino", 128, "gcs_int8"): 130.0, ("openvino", 128, "int8"): 90.0}
+    interleaved = {r: {"rounds": 10, "median_ms": {"eager": 300.0, "fp16": 90.0, "int8": 80.0, "gcs_int8": 60.0},
+                       "ratio_to_eager": {"fp16": 3.333, "int8": 3.75, "gcs_int8": 5.0}} for r in (256, 128)}
+    bench_json(tmp_path / "native.json", "AMX", native, interleaved=interleaved)
+    bench_json(tmp_path / "avx2.json", "AVX2", native, interleaved=interleaved)
+    parity_json(tmp_path, 256, gcs_int8={"shift": 1.2})  # passes the product's 1.5 px, not the bar's 1.0
+    bars.main([str(tmp_path)])
+    got = by_bar(json.loads((tmp_path / "bars.json").read_text()))
+    fast = got["256² best OpenVINO variant, native, ≥ 25 FPS"]
+    assert (fast["value"], fast["met"]) == (30.0, True) and "gcs_int8 excluded (landmark shift 1.2 px > 1)" in fast["note"]
+    assert got["256² under AVX2 kernels ≥ 3× PyTorch eager"]["value"] == 3.75  # int8's ratio, not gcs_int8's 5.0
+    small = got["128² best OpenVINO variant, native, ≥ 100 FPS"]
+    assert small["value"] is None and small["met"] is False and "no parity_128/parity.json" in small["note"]
+    assert got["128² under AVX2 kernels ≥ 40 FPS"]["met"] is False
+
+    for failing, why in (({"passed": False}, "failed the parity gate"), ({"psnr": 39.9}, "psnr 39.9 < 40"),
+                         ({"ssim": 0.975}, "ssim 0.975 < 0.98"), ({"found": 23 / 24}, "faces found")):
+        parity_json(tmp_path, 256, gcs_int8=failing, int8=failing)
+        bars.main([str(tmp_path)])
+        fast = by_bar(json.loads((tmp_path / "bars.json").read_text()))["256² best OpenVINO variant, native, ≥ 25 FPS"]
+        assert (fast["value"], fast["met"]) == (20.0, False) and why in fast["note"], (failing, fast)  # fp16 left
+
+
+def test_a_damaged_parity_report_is_one_line_and_exit_2(tmp_path, capsys):
+    bench_json(tmp_path / "native.json", "AMX", {("openvino", 256, "int8"): 30.0})
+    (tmp_path / "parity_256").mkdir()
+    (tmp_path / "parity_256" / "parity.json").write_text('{"variants": [{"passed": true}]}')  # no variant name
+    assert bars.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a parity report" in err and not (tmp_path / "bars.json").exists()

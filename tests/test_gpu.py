@@ -273,3 +273,17 @@ def test_elementwise_gc_export_for_tensorrt(small_model, tmp_path):
     feeds = random_inputs(2, 32)
     with open_runner(ew) as a, open_runner(grouped) as b:
         np.testing.assert_allclose(a.infer(feeds)["face"], b.infer(feeds)["face"], atol=5e-5)
+
+
+def test_gpu_check_without_cuda_is_one_line_and_exit_2(tmp_path, capsys):
+    """On a machine without CUDA (CI, this one) the check says what is missing in one line, no traceback."""
+    import torch
+
+    from benchmarks.gpu_check import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: gpu_check.sh runs for real here")
+    assert main([str(tmp_path / "gpu")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "CUDA" in err
+    assert not (tmp_path / "gpu" / "gpu_report.json").exists()

@@ -205,3 +205,60 @@ def test_the_recommendation_quotes_the_ratio_of_the_fps_it_quotes():
     text = choose_markdown(ranked, 128, 2, ["broken"])
     assert "throughput mode (async streams): 20.0 FPS (4.0× PyTorch eager at batch 1)" in text
     assert "| 1 | fast | int8 | 10.0 | 20.0 | 2.0 | 4.0 | 100.0 | 45.0 |" in text
+
+
+def test_without_a_checkpoint_each_command_compares_with_the_shipped_model_of_its_size(monkeypatch, tmp_path):
+    """A 256² build comes from the 256² fine-tune: parity, bench, choose and diagnose left without a checkpoint
+    take the shipped model of the size they run at (the 128² one gave 19 dB against a 256² build: a false FAIL),
+    and a checkpoint given is used at every size."""
+    from amnet import default_checkpoint
+    from amnet.cli import harness
+    from benchmarks import parity
+
+    seen = []
+
+    def record(args, resolution, *rest):
+        seen.append((args.command, resolution, Path(args.checkpoint).name))
+        raise InputError("recorded")  # stop before any work: one line, exit 2
+
+    monkeypatch.setattr(harness, "run_parity", record)
+    monkeypatch.setattr(harness, "run_bench", record)
+    monkeypatch.setattr(harness, "choose", record)
+    variant = parity.Variant("openvino-int8-b1-r256", "openvino", "int8", tmp_path / "x.xml", 1, 256)
+    monkeypatch.setattr(parity, "collect_variants", lambda build, resolution=None: [variant])
+    monkeypatch.setattr(harness, "_inputs", lambda args, r: record(args, r))
+    build, report = str(tmp_path / "build"), str(tmp_path / "report")
+    for r in (128, 256):
+        for command in ("parity", "bench", "choose"):
+            assert main([command, "--build", build, "--resolution", str(r), "--report", report]) == 2
+    assert main(["diagnose", "--build", build, "--variant", variant.name, "--report", report]) == 2
+    mine = str(default_checkpoint(128))
+    assert main(["parity", mine, "--build", build, "--resolution", "256", "--report", report]) == 2
+    small, big = default_checkpoint(128).name, default_checkpoint(256).name
+    assert small != big
+    assert seen == [("parity", 128, small), ("bench", 128, small), ("choose", 128, small),
+                    ("parity", 256, big), ("bench", 256, big), ("choose", 256, big),
+                    ("diagnose", 256, big), ("parity", 256, small)]
+
+
+def test_a_reference_from_another_checkpoint_is_refused(small_build, checkpoint_file, small_model, tmp_path, capsys):
+    """The manifest records the checkpoint each variant was exported from: a reference from another one is one
+    line and exit 2, before any work; the right one runs."""
+    import torch
+
+    from amnet.checkpoint import save_checkpoint
+
+    d, inputs = small_build
+    other = type(small_model)(small_model.config)
+    with torch.no_grad():
+        for p, q in zip(other.parameters(), small_model.parameters()):
+            p.copy_(q + 1e-3)  # the same architecture, other weights
+    other_file = save_checkpoint(tmp_path / "other.safetensors", other)
+    assert parity(other_file, d, inputs, tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exported from model.safetensors" in err and "not from other.safetensors" in err
+    assert not (tmp_path / "a" / "parity.json").exists()
+    assert main(["diagnose", str(other_file), "--build", str(d), "--variant", "onnxruntime-fp32-b1-r32",
+                 "--inputs", str(inputs), "--report", str(tmp_path / "b")]) == 2
+    assert "exported from model.safetensors" in capsys.readouterr().err
+    assert parity(checkpoint_file, d, inputs, tmp_path / "c") == 0

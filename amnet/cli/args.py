@@ -91,10 +91,18 @@ def number(what: str, low: float | None = None, high: float | None = None, above
 THREADS = positive("threads (bounded by this machine's cores)", os.cpu_count() or 1)
 
 
-def checkpoint_arg(p: argparse.ArgumentParser, help_extra: str = "") -> None:
-    p.add_argument("checkpoint", nargs="?", default=str(default_checkpoint()),
-                   help=f"AMNet checkpoint: .safetensors (ours) or official *_G.pth {help_extra}"
-                        f"(default: the shipped model, {default_checkpoint().name})")
+def checkpoint_arg(p: argparse.ArgumentParser, help_extra: str = "", per_resolution: bool = False) -> None:
+    """per_resolution: left out, the checkpoint is the shipped model of the size the command runs at
+    (`shipped_checkpoint`), so that a 256² build is compared with the 256² fine-tune it was exported from."""
+    shipped = (f"the shipped model of that size: {default_checkpoint().name}, {default_checkpoint(256).name} at 256²"
+               if per_resolution else f"the shipped model, {default_checkpoint().name}")
+    p.add_argument("checkpoint", nargs="?", default=None if per_resolution else str(default_checkpoint()),
+                   help=f"AMNet checkpoint: .safetensors (ours) or official *_G.pth {help_extra}(default: {shipped})")
+
+
+def shipped_checkpoint(args, resolution: int) -> str:
+    """The checkpoint given, else the shipped model of this size (see `checkpoint_arg`)."""
+    return args.checkpoint or str(default_checkpoint(resolution))
 
 
 def float_precision_arg(parser) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet import default_checkpoint
-from amnet.cli.args import THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, positive, resolution
+from amnet.cli.args import (THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, positive, resolution,
+                            shipped_checkpoint)
 from amnet.core.errors import EXIT_FAIL, InputError
 from amnet.core.fileio import check_output_dir, check_output_path, load_npz, write_text
 from amnet.core.runner import MODEL_INPUTS
@@ -87,12 +87,14 @@ def selected_variants(args, resolution: int) -> list:
 
 def run_parity(args, resolution: int, out_dir: Path) -> dict:
     from amnet.core.limits import load_limits
-    from benchmarks.parity import evaluate, write_reports
+    from benchmarks.parity import check_reference_source, evaluate, write_reports
 
     limits = load_limits(Path(args.thresholds) if args.thresholds else None, args.threshold, registry.backends())
     variants = selected_variants(args, resolution)
     if not variants:
         raise InputError(f"no variant at {resolution}² in {args.build}")
+    if not args.reference:
+        check_reference_source(Path(args.build), variants, args.checkpoint)
     feeds, inputs_desc = _inputs(args, resolution)
     if feeds["source"].ndim != 4 or feeds["source"].shape[-2:] != (resolution, resolution):
         raise InputError(f"the inputs' source is {'×'.join(map(str, feeds['source'].shape))}; the variants "
@@ -109,6 +111,7 @@ def cmd_parity(args) -> int:
     from benchmarks.parity import markdown
 
     out_dir = check_output_dir(args.report, "parity.json", "parity.md", "parity.junit.xml")
+    args.checkpoint = shipped_checkpoint(args, args.resolution)
     preflight(args, [args.resolution], timed=False)
     report = run_parity(args, args.resolution, out_dir)
     report["passed"] = all(r["passed"] for r in report["variants"])
@@ -128,7 +131,7 @@ def cmd_parity(args) -> int:
 def cmd_diagnose(args) -> int:
     from amnet.checkpoint import load_checkpoint
     from benchmarks.diagnose import diagnose, summary_line, write_reports
-    from benchmarks.parity import collect_variants
+    from benchmarks.parity import check_reference_source, collect_variants
 
     check_output_dir(args.report, "diagnose.json", "diagnose.md", "diagnose.png",
                      *(("sensitivity.json", "sensitivity.md", "sensitivity.png") if args.sensitivity else ()))
@@ -139,6 +142,8 @@ def cmd_diagnose(args) -> int:
         raise InputError(f"no variant {args.variant!r} in {args.build}; it holds {', '.join(sorted(variants))}")
     variant = variants[args.variant]
     args.resolution = variant.resolution
+    args.checkpoint = shipped_checkpoint(args, variant.resolution)
+    check_reference_source(Path(args.build), [variant], args.checkpoint)
     feeds, _ = _inputs(args, variant.resolution)
     if feeds["source"].shape[-2:] != (variant.resolution, variant.resolution):
         raise InputError(f"the inputs' source is {'×'.join(map(str, feeds['source'].shape))}; {variant.name} runs "
@@ -192,6 +197,7 @@ def cmd_bench(args) -> int:
     from benchmarks.bench import machine_info, markdown
 
     out = check_output_dir(args.report, "bench.json", "bench.md")
+    args.checkpoint = shipped_checkpoint(args, args.resolution)
     preflight(args, [args.resolution], gate=False)
     report = run_bench(args, args.resolution)
     report["machine"] = machine_info(args.threads or 2)
@@ -332,6 +338,7 @@ def choose_outputs(out_dir, resolutions) -> None:
 def cmd_choose(args) -> int:
     out_dir = Path(args.report)
     choose_outputs(out_dir, [args.resolution])
+    args.checkpoint = shipped_checkpoint(args, args.resolution)
     preflight(args, [args.resolution])
     result, text = choose(args, args.resolution, out_dir)
     print(json.dumps(result["ranked"], indent=1) if args.json else text)
@@ -382,11 +389,12 @@ def cmd_pipeline(args) -> int:
     build_dir = check_output_dir(out / "build", "manifest.json")
     args.build = str(build_dir)
     choose_outputs(out, args.resolutions)
-    preflight(args, args.resolutions)
-    sections = []
     # No checkpoint given: each size runs its shipped model (the 128² one, and its 256² fine-tune at 256²).
-    shipped = args.checkpoint == str(default_checkpoint())
-    checkpoints = {r: str(default_checkpoint(r)) if shipped else args.checkpoint for r in args.resolutions}
+    checkpoints = {r: shipped_checkpoint(args, r) for r in args.resolutions}
+    for r in args.resolutions:
+        args.checkpoint = checkpoints[r]
+        preflight(args, [r])
+    sections = []
     infos = {}
     for r, path in checkpoints.items():
         infos[r] = summary(load_checkpoint(path))
@@ -430,8 +438,8 @@ def cmd_pipeline(args) -> int:
 
 
 def add_commands(sub) -> None:
-    def common(s, build=True, gate=True):
-        checkpoint_arg(s, "for the reference and eager timing ")
+    def common(s, build=True, gate=True, timed=True):
+        checkpoint_arg(s, "for the reference and eager timing ", per_resolution=True)
         if build:
             s.add_argument("--build", required=True, help="build folder (its manifest.json lists the variants)")
         s.add_argument("--resolution", type=resolution, default=256)
@@ -446,14 +454,15 @@ def add_commands(sub) -> None:
                                 "(repeatable; beats the file)")
         s.add_argument("--only", help="comma-separated substrings of variant names to include")
         s.add_argument("--threads", type=THREADS, default=min(2, os.cpu_count() or 1))
-        s.add_argument("--iters", type=positive("--iters"), default=30, help="timed iterations per variant")
-        s.add_argument("--passes", type=positive("--passes"), default=PASSES,
-                       help=f"child processes per variant, each timing a share of --iters, the order reversed every "
-                            f"other pass (an odd number > 1 is rounded up: forward and reverse pairs centre every "
-                            f"variant), so that a machine's drift moves every variant alike (default {PASSES})")
-        s.add_argument("--isa", type=isa_caps, default=["native"], metavar="CAP[,CAP…]",
-                       help="bench once per oneDNN ISA cap, e.g. native,AVX2,AVX512_CORE (ONEDNN_MAX_CPU_ISA for "
-                            "OpenVINO and PyTorch): the rows an AVX2 laptop would see, from one machine")
+        if timed:  # the options of the timing (parity times nothing)
+            s.add_argument("--iters", type=positive("--iters"), default=30, help="timed iterations per variant")
+            s.add_argument("--passes", type=positive("--passes"), default=PASSES,
+                           help=f"child processes per variant, each timing a share of --iters, the order reversed every "
+                                f"other pass (an odd number > 1 is rounded up: forward and reverse pairs centre every "
+                                f"variant), so that a machine's drift moves every variant alike (default {PASSES})")
+            s.add_argument("--isa", type=isa_caps, default=["native"], metavar="CAP[,CAP…]",
+                           help="bench once per oneDNN ISA cap, e.g. native,AVX2,AVX512_CORE (ONEDNN_MAX_CPU_ISA for "
+                                "OpenVINO and PyTorch): the rows an AVX2 laptop would see, from one machine")
         float_precision_arg(s)
         if gate:
             s.add_argument("--no-faces", action="store_true",
@@ -462,13 +471,13 @@ def add_commands(sub) -> None:
         s.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("parity", help="fidelity gate: every built variant vs PyTorch FP32 (exit 1 on failure)")
-    common(s)
+    common(s, timed=False)
     s.add_argument("--report", default="reports/parity", help="folder for JSON, Markdown, JUnit XML and PNGs")
     s.set_defaults(func=cmd_parity)
 
     s = sub.add_parser("diagnose", help="where a variant parts from PyTorch FP32: SNR at every conv and module "
                                         "boundary, the first one below the floor named")
-    checkpoint_arg(s, "for the reference forward ")
+    checkpoint_arg(s, "for the reference forward ", per_resolution=True)
     s.add_argument("--build", required=True, help="build folder (its manifest.json lists the variants)")
     s.add_argument("--variant", required=True, help="a variant name as parity prints it, e.g. openvino-int8-b1-r128")
     s.add_argument("--inputs", help="npz with source/audio/pose/eye (default: held-out real inputs)")
