@@ -3,15 +3,19 @@
     python -m benchmarks.bench_models DIR [--resolutions 256,128]
 
 `benchmarks/test_speed.py` builds into a temporary folder, unless ``AMNET_BENCH_MODELS=DIR`` is set: then it
-reads DIR/r<R> and builds there only what is missing. So a run pinned to two cores (``taskset -c 0,1``) can time
-models built with every core, and a repeated `make bench` skips the build.
+reads DIR/r<R> and builds there only what is missing. `make bench` builds DIR afresh once per run, so its native
+and AVX2 suites and its parity gate time and check the same files, and suites pinned to two cores
+(``BENCH_CPUS``) time models built with every core.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
+
+from amnet.core.errors import EXIT_USAGE, AmnetError
 
 MODELS_ENV = "AMNET_BENCH_MODELS"
 
@@ -61,8 +65,12 @@ def main(argv=None) -> int:
         resolutions = [int(r) for r in args.resolutions.split(",")]
     except ValueError:
         ap.error(f"--resolutions: comma-separated integers, not {args.resolutions!r}")
-    for r in resolutions:
-        print(f"{cached_models(r, args.folder)}: built", flush=True)
+    try:
+        for r in resolutions:
+            print(f"{cached_models(r, args.folder)}: built", flush=True)
+    except (AmnetError, OSError) as e:  # OpenVINO or NNCF missing, a folder that cannot be written: one line
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

@@ -64,7 +64,9 @@ def collect_variants(build_dir: Path, resolution: int | None = None) -> list[Var
 
 def built_from(build_dir: Path, variants: list[Variant]) -> dict[str, dict]:
     """Variant name → the provenance of the checkpoint it was exported from (source_checkpoint, source_sha256),
-    followed through the manifest's "from" links, for the variants whose chain records one."""
+    followed through the manifest's "from" links, for the variants whose chain records one. A link is followed
+    only where the entry it names still holds the file it was built from (its from_sha256): an ONNX exported
+    again since, from another checkpoint, says nothing of an IR built from the old one."""
     by_name = {a["name"]: a for a in artifacts.read(Path(build_dir))["artifacts"]}
     out = {}
     for v in variants:
@@ -73,7 +75,9 @@ def built_from(build_dir: Path, variants: list[Variant]) -> dict[str, dict]:
             if (a.get("provenance") or {}).get("source_sha256"):
                 out[v.name] = a["provenance"]
                 break
-            a, hops = by_name.get(a.get("from")), hops + 1
+            parent = by_name.get(a.get("from"))
+            a = parent if parent is not None and a.get("from_sha256") == parent.get("sha256") else None
+            hops += 1
     return out
 
 
@@ -83,6 +87,8 @@ def check_reference_source(build_dir: Path, variants: list[Variant], checkpoint)
     sources = built_from(build_dir, variants)
     if not sources:
         return
+    if not Path(checkpoint).is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
     sha = file_sha256(checkpoint)
     other = {p["source_sha256"]: p.get("source_checkpoint", "another checkpoint") for p in sources.values()
              if p["source_sha256"] != sha}

@@ -262,3 +262,30 @@ def test_a_reference_from_another_checkpoint_is_refused(small_build, checkpoint_
                  "--inputs", str(inputs), "--report", str(tmp_path / "b")]) == 2
     assert "exported from model.safetensors" in capsys.readouterr().err
     assert parity(checkpoint_file, d, inputs, tmp_path / "c") == 0
+
+
+def test_the_source_of_a_variant_is_followed_through_links_that_still_hold(tmp_path):
+    """An IR records the ONNX it came from (from, from_sha256) and the ONNX the checkpoint: the IR's source is
+    the checkpoint, unless that ONNX has been replaced since (its sha256 is no longer the IR's from_sha256)."""
+    from amnet.core import artifacts
+    from benchmarks.parity import built_from, collect_variants
+
+    def entry(name, runtime, precision, **extra):
+        return {"name": name, "file": name, "files": {name: "a" * 64}, "runtime": runtime, "precision": precision,
+                "part": "full", "batch": 1, "resolution": 32, "sha256": extra.pop("sha256", "a" * 64), **extra}
+
+    source = {"source_checkpoint": "model.safetensors", "source_sha256": "c" * 64}
+    onnx_entry = entry("m.onnx", "onnxruntime", "fp32", provenance=source, sha256="b" * 64)
+    ir = entry("m_ov_int8.xml", "openvino", "int8", **{"from": "m.onnx", "from_sha256": "b" * 64})
+    loop = entry("x_ov_int8.xml", "openvino", "int8", **{"from": "x_ov_int8.xml", "from_sha256": "a" * 64})
+    loop["batch"] = 2  # its own variant name: openvino-int8-b2-r32
+    for broken_link in (False, True):
+        if broken_link:
+            onnx_entry["sha256"] = "d" * 64  # exported again since the IR was built
+        (tmp_path / artifacts.MANIFEST).write_text(json.dumps({"schema": artifacts.SCHEMA,
+                                                                "artifacts": [onnx_entry, ir, loop]}))
+        found = built_from(tmp_path, collect_variants(tmp_path))
+        assert found.get("onnxruntime-fp32-b1-r32") == source
+        assert found.get("openvino-int8-b1-r32") == (None if broken_link else source)
+        assert "openvino-int8-b2-r32" not in found  # the self-loop ends without a source, and without hanging
+        assert len(collect_variants(tmp_path)) == 3

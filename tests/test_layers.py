@@ -125,8 +125,8 @@ def test_a_backend_registered_from_a_test_appears_everywhere(identity_backend, s
                                                             capsys):
     d, inputs = small_build
     build = copy_build(d, tmp_path / "b")
-    common = ["--build", str(build), "--resolution", "32", "--quiet", "--only", "b1", "--iters", "3"]
-    gate = ["--inputs", str(inputs), "--no-faces"]
+    common = ["--build", str(build), "--resolution", "32", "--quiet", "--only", "b1"]
+    gate, timed = ["--inputs", str(inputs), "--no-faces"], ["--iters", "3"]
     assert main(["build", str(build), "--runtime", "identity", "--output", str(build), "--resolution", "32",
                  "--batch", "1", "--quiet"]) == 0
     made = build / "amnet_full_b1_r32_copy.identity"
@@ -135,9 +135,10 @@ def test_a_backend_registered_from_a_test_appears_everywhere(identity_backend, s
     assert main(["parity", str(checkpoint_file), *common, *gate, "--report", str(tmp_path / "p")]) == 0
     rows = {v["variant"]: v for v in json.loads((tmp_path / "p" / "parity.json").read_text())["variants"]}
     assert rows["identity-fp32-b1-r32"]["passed"]
-    assert main(["bench", str(checkpoint_file), *common, "--report", str(tmp_path / "bn")]) == 0
+    assert main(["bench", str(checkpoint_file), *common, *timed, "--report", str(tmp_path / "bn")]) == 0
     bench = {r["name"]: r for r in json.loads((tmp_path / "bn" / "bench.json").read_text())["rows"]}
     assert bench["identity-fp32-b1-r32"]["fps"] > 0  # measured in its own child process
-    assert main(["choose", str(checkpoint_file), *common, *gate, "--report", str(tmp_path / "c"), "--json"]) == 0
+    assert main(["choose", str(checkpoint_file), *common, *gate, *timed, "--report", str(tmp_path / "c"),
+                 "--json"]) == 0
     ranked = json.loads((tmp_path / "c" / "choose_32.json").read_text())["ranked"]
     assert "identity-fp32-b1-r32" in {r["variant"] for r in ranked}

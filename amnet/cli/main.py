@@ -15,7 +15,7 @@ from pathlib import Path
 
 from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError
 from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number, positive,
-                            resolution, words)
+                            resolution, shipped_checkpoint, words)
 from amnet.core import artifacts
 from amnet.core.fileio import load_npz
 from runtimes import registry
@@ -188,6 +188,7 @@ def cmd_evaluate(args) -> int:
     train = Path(args.train) if args.train else None
     if train is not None and not train.is_file():
         raise InputError(f"{train} not found: build it with `amnet-deploy dataset` (or calibration_data/rebuild.sh)")
+    args.checkpoint = shipped_checkpoint(args, args.resolution)
     result = evaluate(load_checkpoint(args.checkpoint).require_full(), args.resolution,
                       Path(args.grid) if args.grid else None, train)
     print(json.dumps(result, indent=1))
@@ -201,6 +202,7 @@ def cmd_export(args) -> int:
                          not args.no_simplify, not args.no_parity, args.threads, not args.quiet, args.gc_form,
                          args.smooth_gc)
     before = {a["file"] for a in artifacts.read(Path(args.output))["artifacts"]} if Path(args.output).is_dir() else set()
+    args.checkpoint = shipped_checkpoint(args, args.resolution)
     manifest = export_checkpoint(args.checkpoint, Path(args.output), opts)
     made = [a for a in manifest["artifacts"] if a["file"] not in before and a["runtime"] == "onnxruntime"
             and a["precision"] == "fp32"]  # this call's files: an old failure in the folder is not this export's
@@ -345,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="held-out quality: SSIM/PSNR vs the real target, dlib detection rate")
-    checkpoint_arg(s)
+    checkpoint_arg(s, per_resolution=True)
     s.add_argument("--resolution", type=resolution, default=128)
     s.add_argument("--grid", help="write a source | target | generated picture here (PNG)")
     s.add_argument("--train", help="training npz: also report the retrieval ceiling (each held-out target's "
@@ -353,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export", help="checkpoint → ONNX (grouped GC per batch bucket, or dynamic batch)")
-    checkpoint_arg(s)
+    checkpoint_arg(s, per_resolution=True)
     s.add_argument("--output", required=True, help="folder for the .onnx files and manifest.json")
     s.add_argument("--batch", type=ints, default=[1], help="batch buckets, e.g. 1,2,4,8 (default 1)")
     s.add_argument("--resolution", type=resolution, default=256)
