@@ -2,6 +2,7 @@
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -234,11 +235,30 @@ def test_without_a_checkpoint_each_command_compares_with_the_shipped_model_of_it
     assert main(["diagnose", "--build", build, "--variant", variant.name, "--report", report]) == 2
     mine = str(default_checkpoint(128))
     assert main(["parity", mine, "--build", build, "--resolution", "256", "--report", report]) == 2
+    # export and evaluate too: `export --resolution 256` then `parity --resolution 256`, both without a
+    # checkpoint, must agree on the model (else the parity refuses the build as another checkpoint's)
+    import benchmarks.evaluate
+    import export.pipeline
+
+    monkeypatch.setattr(export.pipeline, "export_checkpoint",
+                        lambda checkpoint, out, opts: record(SimpleNamespace(command="export", checkpoint=checkpoint),
+                                                             opts.resolution))
+    import amnet.checkpoint
+
+    seen_file, load = [], amnet.checkpoint.load_checkpoint  # the file evaluate loads
+    monkeypatch.setattr(amnet.checkpoint, "load_checkpoint", lambda path, *a, **k: seen_file.append(path) or load(path))
+    monkeypatch.setattr(benchmarks.evaluate, "evaluate", lambda model, r, *rest: record(
+        SimpleNamespace(command="evaluate", checkpoint=seen_file[0]), r))
+    for r in (128, 256):
+        assert main(["export", "--output", str(tmp_path / "x"), "--resolution", str(r), "--quiet"]) == 2
+        seen_file.clear()
+        assert main(["evaluate", "--resolution", str(r)]) == 2
     small, big = default_checkpoint(128).name, default_checkpoint(256).name
     assert small != big
     assert seen == [("parity", 128, small), ("bench", 128, small), ("choose", 128, small),
                     ("parity", 256, big), ("bench", 256, big), ("choose", 256, big),
-                    ("diagnose", 256, big), ("parity", 256, small)]
+                    ("diagnose", 256, big), ("parity", 256, small),
+                    ("export", 128, small), ("evaluate", 128, small), ("export", 256, big), ("evaluate", 256, big)]
 
 
 def test_a_reference_from_another_checkpoint_is_refused(small_build, checkpoint_file, small_model, tmp_path, capsys):
