@@ -65,8 +65,9 @@ def collect_variants(build_dir: Path, resolution: int | None = None) -> list[Var
 def built_from(build_dir: Path, variants: list[Variant]) -> dict[str, dict]:
     """Variant name → the provenance of the checkpoint it was exported from (source_checkpoint, source_sha256),
     followed through the manifest's "from" links, for the variants whose chain records one. A link is followed
-    only where the entry it names still holds the file it was built from (its from_sha256): an ONNX exported
-    again since, from another checkpoint, says nothing of an IR built from the old one."""
+    only where the entry it names still holds the file it was built from (its from_sha256); where that file has
+    been replaced since (exported again, perhaps from another checkpoint), the variant maps to
+    {"replaced": that entry's name}: nothing says what it was built from."""
     by_name = {a["name"]: a for a in artifacts.read(Path(build_dir))["artifacts"]}
     out = {}
     for v in variants:
@@ -76,8 +77,10 @@ def built_from(build_dir: Path, variants: list[Variant]) -> dict[str, dict]:
                 out[v.name] = a["provenance"]
                 break
             parent = by_name.get(a.get("from"))
-            a = parent if parent is not None and a.get("from_sha256") == parent.get("sha256") else None
-            hops += 1
+            if parent is not None and a.get("from_sha256") and a["from_sha256"] != parent.get("sha256"):
+                out[v.name] = {"replaced": parent["name"]}
+                break
+            a, hops = parent, hops + 1
     return out
 
 
@@ -85,6 +88,11 @@ def check_reference_source(build_dir: Path, variants: list[Variant], checkpoint)
     """A reference from another checkpoint than the variants' own makes every comparison meaningless (a 256²
     build against the 128² model: 19 dB, a false FAIL; two near models could pass falsely): refuse it."""
     sources = built_from(build_dir, variants)
+    replaced = {name: p["replaced"] for name, p in sources.items() if "replaced" in p}
+    if replaced:
+        name, parent = next(iter(replaced.items()))
+        raise InputError(f"{name} was built from a {parent} that has been replaced since: rebuild it (or leave it "
+                         f"out with --only), so that its parity is against the model it came from")
     if not sources:
         return
     if not Path(checkpoint).is_file():

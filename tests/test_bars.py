@@ -177,15 +177,24 @@ def test_the_speed_bars_count_only_variants_that_passed_the_gate(tmp_path):
                          ({"throughput": {"psnr": nan}}, "psnr 45, nan < 40"),
                          ({"throughput": {"shift": nan}}, "landmark shift 0.5, nan px")):
         parity_json(tmp_path, 256, gcs_int8=failing, int8=failing)
-        bars.main([str(tmp_path)])
+        assert bars.main([str(tmp_path)]) == 0
         fast = by_bar(json.loads((tmp_path / "bars.json").read_text()))["256² best OpenVINO variant, native, ≥ 25 FPS"]
         assert (fast["value"], fast["met"]) == (20.0, False) and why in fast["note"], (failing, fast)  # fp16 left
+    # The bar's limits hold for an FP16 pick too (its product limits have no landmark check).
+    parity_json(tmp_path, 256, gcs_int8={"passed": False}, int8={"passed": False}, fp16={"shift": 1.2})
+    assert bars.main([str(tmp_path)]) == 0
+    fast = by_bar(json.loads((tmp_path / "bars.json").read_text()))["256² best OpenVINO variant, native, ≥ 25 FPS"]
+    assert (fast["value"], fast["met"]) == (None, False) and "fp16 excluded (landmark shift 1.2" in fast["note"]
 
 
 def test_a_damaged_parity_report_is_one_line_and_exit_2(tmp_path, capsys):
     bench_json(tmp_path / "native.json", "AMX", {("openvino", 256, "int8"): 30.0})
     (tmp_path / "parity_256").mkdir()
     (tmp_path / "parity_256" / "parity.json").write_text('{"variants": [{"passed": true}]}')  # no variant name
+    assert bars.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a parity report" in err and not (tmp_path / "bars.json").exists()
+    parity_json(tmp_path, 256, int8={"psnr": None})  # a passed row without its figure: hand-edited or damaged
     assert bars.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a parity report" in err and not (tmp_path / "bars.json").exists()
