@@ -312,3 +312,29 @@ def test_the_source_of_a_variant_is_followed_through_links_that_still_hold(tmp_p
                 check_reference_source(tmp_path, collect_variants(tmp_path), tmp_path / artifacts.MANIFEST)
         assert "openvino-int8-b2-r32" not in found  # the self-loop ends without a source, and without hanging
         assert len(collect_variants(tmp_path)) == 3
+
+
+def test_nan_inputs_and_too_many_samples_are_refused_by_every_harness_command(small_build, checkpoint_file,
+                                                                            tmp_path, capsys):
+    """diagnose reported 'nan dB' on NaN inputs with exit 0 (a CLI fuzz pass): the inputs are checked where every
+    harness command reads them. Asking for more held-out samples than the file holds is refused, not clamped."""
+    d, inputs = small_build
+    feeds = dict(np.load(inputs))
+    feeds["audio"][1, 0, 3, 4] = np.nan
+    np.savez(tmp_path / "nan.npz", **feeds)
+    for argv in (["parity", "--no-faces"], ["choose", "--no-faces", "--iters", "2"],
+                 ["diagnose", "--variant", "onnxruntime-fp32-b1-r32"]):
+        argv = [argv[0], str(checkpoint_file), "--build", str(d), "--inputs", str(tmp_path / "nan.npz"),
+                "--report", str(tmp_path / argv[0]), *argv[1:]]
+        if argv[0] != "diagnose":
+            argv += ["--resolution", "32"]
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "input 'audio' holds 1 NaN/Inf value(s)" in err, err
+        assert not any((tmp_path / argv[0]).glob("*.json"))
+    from amnet.core.fileio import load_npz
+
+    held = len(load_npz(Path(__file__).resolve().parents[1] / "calibration_data" / "heldout.npz")["source_idx"])
+    assert main(["parity", str(checkpoint_file), "--build", str(d), "--resolution", "32", "--no-faces",
+                 "--samples", str(held + 1), "--report", str(tmp_path / "s")]) == 2
+    assert f"holds {held} samples" in capsys.readouterr().err

@@ -12,23 +12,32 @@ from amnet.cli.args import (THREADS, checkpoint_arg, float_precision_arg, isa_ca
                             shipped_checkpoint)
 from amnet.core.errors import EXIT_FAIL, InputError
 from amnet.core.fileio import check_output_dir, check_output_path, load_npz, write_text
-from amnet.core.runner import MODEL_INPUTS
+from amnet.core.runner import MODEL_INPUTS, check_values
 from benchmarks.bench import PASSES
 from runtimes import registry
 
 
 def _inputs(args, resolution: int) -> tuple[dict, str]:
+    """The inputs every harness command runs (NaN/Inf refused here, so no command can report on them)."""
     if args.inputs:
         feeds = load_npz(args.inputs)
         missing = set(MODEL_INPUTS) - set(feeds)
         if missing:
             raise InputError(f"{args.inputs} lacks {', '.join(sorted(missing))}")
-        return {k: feeds[k] for k in MODEL_INPUTS}, str(args.inputs)
-    from amnet.realdata import load_inputs
+        feeds, desc = {k: feeds[k] for k in MODEL_INPUTS}, str(args.inputs)
+    else:
+        from amnet.realdata import load_inputs
 
-    feeds = load_inputs("heldout", resolution, args.samples)
-    feeds.pop("target", None)
-    return feeds, "calibration_data/heldout.npz (held-out real frames and speech)"
+        feeds = load_inputs("heldout", resolution, args.samples)
+        feeds.pop("target", None)
+        if len(feeds["source"]) < args.samples:
+            raise InputError(f"--samples {args.samples}: calibration_data/heldout.npz holds "
+                             f"{len(feeds['source'])} samples")
+        desc = "calibration_data/heldout.npz (held-out real frames and speech)"
+    for name, v in feeds.items():
+        if v.dtype.kind == "f" and v.size:
+            check_values(name, float(v.min()), float(v.max()), int(v.size - np.isfinite(v).sum()))
+    return feeds, desc
 
 
 def _reference(args, feeds: dict) -> tuple[dict, str]:

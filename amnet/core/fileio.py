@@ -86,7 +86,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path.name} is not a readable .npz ({str(e).splitlines()[0][:100]})") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]  # numpy's first sentence, whole
+        raise InputError(f"{path.name} is not a readable .npz ({first[:160]})") from None
     odd = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
     if odd:
         raise InputError(f"{path.name}: {', '.join(odd[:3])} {'is' if len(odd) == 1 else 'are'} not .npy arrays")
