@@ -87,10 +87,14 @@ def gate_failure(row: dict | None) -> str | None:
     return "; ".join(why) or None
 
 
-def _best_ov(run: dict, r: int, gates: dict | None = None) -> tuple[str, float] | None:
-    """The fastest OpenVINO pick at r; with gates, the fastest of those that passed the gate at r."""
-    ok = (lambda v: True) if gates is None else (lambda v: r in gates and gates[r].get(v, "absent") is None)
-    picks = [(v, run["fps"][("openvino", r, v)]) for v in OV_PICKS if ("openvino", r, v) in run["fps"] and ok(v)]
+def _passed(gates: dict, r: int, pick: str) -> bool:
+    return r in gates and gates[r].get(pick, "absent") is None
+
+
+def _best_ov(run: dict, r: int, gates: dict) -> tuple[str, float] | None:
+    """The fastest OpenVINO pick at r of those that passed the gate at r."""
+    picks = [(v, run["fps"][("openvino", r, v)]) for v in OV_PICKS
+             if ("openvino", r, v) in run["fps"] and _passed(gates, r, v)]
     return max(picks, key=lambda p: p[1]) if picks else None
 
 
@@ -137,7 +141,7 @@ def judge(native: dict, avx2: dict | None, gates: dict) -> list[dict]:
         ms = interleaved.get("median_ms") or {}
         ratios = {v: x for v, x in (interleaved.get("ratio_to_eager") or {}).items()
                   if v in OV_PICKS and isinstance(x, (int, float)) and v in ms and "eager" in ms
-                  and r in gates and gates[r].get(v, "absent") is None}
+                  and _passed(gates, r, v)}
         excluded = _gate_note(gates, r)
         if ratio and ratios:  # measured in alternation: drift between the suites cannot move it
             v = max(ratios, key=ratios.get)
