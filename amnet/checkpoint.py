@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amnet.core.errors import CheckpointError
+from amnet.core.errors import CheckpointError, first_line
 from amnet.core.fileio import atomic_write, file_sha256
 from amnet.model import AMNet, AMNetConfig, Discriminator, count_parameters
 
@@ -160,8 +160,7 @@ def _read_official(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad archives
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path.name} could not be read as a weights-only torch file: {first[:200]}") from None
+        raise CheckpointError(f"{path.name} could not be read as a weights-only torch file: {first_line(e)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a dict of state dicts")
     return obj
@@ -198,7 +197,7 @@ def _load_safetensors(path: Path, digest: str, gc_form: str) -> Loaded:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({first_line(e, 120)})") from None
     if CONFIG_KEY not in meta:
         raise CheckpointError(f"{path.name} is a safetensors file without an '{CONFIG_KEY}' entry: not an AMNet checkpoint")
     try:

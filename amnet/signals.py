@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.core.errors import InputError
+from amnet.core.errors import InputError, first_line
 
 from amnet.speech import SAMPLE_RATE, check_speech
 
@@ -95,7 +95,7 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     try:
         wav, sr = sf.read(str(path), dtype="float32")
     except Exception as e:  # noqa: BLE001 - soundfile raises its own and RuntimeError
-        raise InputError(f"cannot read audio {path}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot read audio {path}: {first_line(e)}") from None
     return wav, sr
 
 
@@ -121,7 +121,7 @@ class FaceAnalyzer:
         try:
             self.predictor = dlib.shape_predictor(path)
         except RuntimeError as e:  # a truncated or foreign .dat file
-            raise InputError(f"{path} is not a dlib shape predictor ({str(e).splitlines()[0][:100]})") from None
+            raise InputError(f"{path} is not a dlib shape predictor ({first_line(e, 100)})") from None
         self.upsample = upsample
         self._dlib = dlib
 

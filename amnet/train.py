@@ -156,7 +156,7 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
     """Train (or, with ``init``, fine-tune from a checkpoint's weights); ``resume`` continues the run folder."""
     from tqdm import tqdm
 
-    from amnet.core.errors import InputError
+    from amnet.core.errors import InputError, first_line
 
     check_training_data(data)
     torch.manual_seed(cfg.seed)
@@ -194,7 +194,7 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
             start_epoch, step, elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
             history = json.loads(state["history"])
         except Exception as e:  # noqa: BLE001 - zip, unpickler, key and shape errors all mean the same
-            raise InputError(f"{state_path} is damaged or from another run ({str(e).splitlines()[0][:100]}): "
+            raise InputError(f"{state_path} is damaged or from another run ({first_line(e, 100)}): "
                              "train into another --output") from None
     elif init is not None:  # a fresh run folder only: --resume continues from the folder's own state
         loaded = load_checkpoint(init)

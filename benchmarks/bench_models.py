@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from amnet.core.errors import EXIT_USAGE, AmnetError
+from amnet.core.errors import EXIT_USAGE, AmnetError, first_line
 
 MODELS_ENV = "AMNET_BENCH_MODELS"
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         for r in resolutions:
             print(f"{cached_models(r, args.folder)}: built", flush=True)
     except (AmnetError, OSError) as e:  # OpenVINO or NNCF missing, a folder that cannot be written: one line
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     return 0
 

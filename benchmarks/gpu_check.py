@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from amnet import default_checkpoint
-from amnet.core.errors import EXIT_USAGE, AmnetError
+from amnet.core.errors import EXIT_USAGE, AmnetError, first_line
 from amnet.core.fileio import write_text
 from amnet.core.runner import MODEL_INPUTS
 
@@ -390,7 +390,7 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         report = run(args.out, args.checkpoint, args.resolutions, build_dir=args.build_dir)
     except (AmnetError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     write_text(args.out / "gpu_report.json", json.dumps(report, indent=1, default=float) + "\n")
     text = markdown(report)

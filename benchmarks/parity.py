@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from amnet.core import artifacts
-from amnet.core.errors import AmnetError, InputError
+from amnet.core.errors import AmnetError, InputError, first_line
 from amnet.core.fileio import atomic_write, check_output_path, file_sha256, write_text
 from amnet.core.limits import FACE_CHECKS, parse_key
 from amnet.core.metrics import compare
@@ -191,7 +191,7 @@ def face_checks(ref_face: np.ndarray, test_face: np.ndarray) -> dict:
 
         analyzer = FaceAnalyzer(upsample=1)
     except (ImportError, AmnetError, RuntimeError) as e:
-        return {"unavailable": str(e).splitlines()[0][:160] or type(e).__name__}
+        return {"unavailable": first_line(e, 160)}
 
     ref_found = test_found = both = 0
     shifts, single = [], []
@@ -270,7 +270,7 @@ def _check_mode(v: Variant, mode: str | None, feeds: dict, reference: dict, limi
                 out = run_in_batches(runner, feeds, v.batch)
             precision = _actual_precision(runner)
     except AmnetError as e:  # missing runtime, damaged or tampered files: a failed check, not a crash
-        return {"failures": [f"could not run: {str(e).splitlines()[0][:200]}"]}
+        return {"failures": [f"could not run: {first_line(e)}"]}
     bad = nonfinite(out)
     if bad:
         return {"failures": [f"output {bad}"]}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from amnet.core.errors import ArtifactError
+from amnet.core.errors import ArtifactError, first_line
 from amnet.core.fileio import lazy_import
 from amnet.core.runner import Runner, TensorSpec
 
@@ -49,8 +49,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             return ort.InferenceSession(str(self.path), opts, providers=self.providers)
         except Exception as e:  # noqa: BLE001 - ORT raises Fail/InvalidProtobuf/InvalidGraph...
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{self.path.name} is not a loadable ONNX model: {msg[:200]}") from None
+            raise ArtifactError(f"{self.path.name} is not a loadable ONNX model: {first_line(e)}") from None
 
     def _run(self, feeds):
         values = self.session.run(self.outputs, feeds)

@@ -147,7 +147,7 @@ def open_runner(path: str | Path, threads: int | None = None, precision: str | N
                         if n not in found[1]["files"]]
             if unlisted:  # the runtime would read them unchecked
                 raise IntegrityError(f"{artifacts.MANIFEST} gives no sha256 for {', '.join(unlisted)}, which "
-                                     f"{path.name} needs (damaged or hand-edited): rebuild it, or pass --no-verify")
+                                     f"{path.name} needs (damaged or hand-edited): rebuild it")
         if precision and str(precision) != found[1]["precision"]:
             raise InputError(f"{path.name} is the {found[1]['precision']} {found[1]['runtime']} artifact, "
                              f"not {precision}")

@@ -149,6 +149,30 @@ def test_a_crash_inside_the_gate_is_exit_3_not_1(small_build, checkpoint_file, t
     assert one_line(err) and "internal error: ZeroDivisionError" in err
 
 
+
+def test_a_runtime_error_without_words_is_a_failed_check_named_by_its_type(small_build, checkpoint_file, tmp_path,
+                                                                          capsys, monkeypatch):
+    import benchmarks.parity as parity
+    from amnet.core.errors import ArtifactError
+
+    def silent(*a, **k):
+        raise ArtifactError("")
+
+    monkeypatch.setattr(parity, "open_variant", silent)
+    d, inputs = small_build
+    assert gate(checkpoint_file, d, inputs, tmp_path, "--no-faces") == 1  # was an IndexError: exit 3
+    assert "could not run: ArtifactError" in (tmp_path / "parity.md").read_text()
+
+
+@pytest.mark.parametrize("error, expected", [
+    (ValueError("first\nsecond"), "first"), (ValueError(""), "ValueError"), (ValueError(" \n "), "ValueError"),
+    (FileNotFoundError(2, "No such file or directory", "x.wav"), "No such file or directory"),
+    (ValueError("x" * 300), "x" * 200)])
+def test_a_library_error_is_quoted_as_its_first_line(error, expected):
+    from amnet.core.errors import first_line
+
+    assert first_line(error) == expected
+
 # ---------------------------------------------------------------- the manifest stays true
 
 def test_a_tampered_artifact_is_refused_by_infer_and_failed_by_the_gate(small_build, checkpoint_file, tmp_path,
@@ -160,7 +184,9 @@ def test_a_tampered_artifact_is_refused_by_infer_and_failed_by_the_gate(small_bu
     data[len(data) // 2] ^= 0xFF  # one byte of the weights
     f.write_bytes(bytes(data))
     assert main(["infer", str(f), "--inputs", str(inputs), "--output", str(tmp_path / "o.npz")]) == 2
-    assert "does not match the sha256" in capsys.readouterr().err and not (tmp_path / "o.npz").exists()
+    err = capsys.readouterr().err
+    assert "does not match the sha256" in err and not (tmp_path / "o.npz").exists()
+    assert "pass --no-verify" in err  # the way to run it anyway, which infer has
     assert main(["infer", str(f), "--inputs", str(inputs), "--output", str(tmp_path / "o.npz"), "--no-verify"]) == 0
     assert gate(checkpoint_file, build, inputs, tmp_path / "r", "--no-faces") == 1
 
@@ -729,7 +755,8 @@ def test_a_tampered_export_is_never_built_from_nor_diagnosed(small_build, checkp
     for source in (build, onnx_file):  # the folder, or the file itself
         assert main(["build", str(source), "--runtime", "openvino", "--precision", "fp16", "--resolution", "32",
                      "--output", str(tmp_path / "ov"), "--quiet"]) == 2
-        assert "does not match the sha256" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "does not match the sha256" in err and "--no-verify" not in err  # build has no such option
     assert main(["diagnose", str(checkpoint_file), "--build", str(build), "--variant", "openvino-fp32-b1-r32",
                  "--samples", "2", "--report", str(tmp_path / "diag")]) == 2  # its tensor names come from that ONNX
     assert "does not match the sha256" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError
+from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError, IntegrityError, first_line
 from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number, positive,
                             resolution, shipped_checkpoint, words)
 from amnet.core import artifacts
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
-    print(f"amnet-deploy: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+    print(f"amnet-deploy: warning: {first_line(message, 10_000)}", file=sys.stderr)
 
 
 def _one_line(text) -> str:
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    command = "?"
+    command, args = "?", None
     try:
         parser = build_parser()
         try:
@@ -465,7 +465,10 @@ def _main(argv: list[str] | None) -> int:
             warnings.filterwarnings("once", category=UserWarning, module="amnet")
             return args.func(args)
     except AmnetError as e:
-        print(f"amnet-deploy {command}: error: {_one_line(e)}", file=sys.stderr)
+        # The commands that run artifacts can run one anyway; `build` cannot build from one.
+        runs_anyway = isinstance(e, IntegrityError) and hasattr(args, "no_verify")
+        anyway = " (or pass --no-verify to run it anyway)" if runs_anyway else ""
+        print(f"amnet-deploy {command}: error: {_one_line(e)}{anyway}", file=sys.stderr)
         return EXIT_USAGE
     except ImportError as e:  # an optional extra this command needs (the torch-free install has none)
         top = (e.name or "").split(".")[0]
@@ -492,7 +495,7 @@ def _main(argv: list[str] | None) -> int:
 def _internal_error(command: str, e: Exception) -> int:
     if os.environ.get("AMNET_DEBUG"):
         raise e
-    text = str(e).splitlines()[0][:200] if str(e) else ""
-    print(f"amnet-deploy {command}: internal error: {type(e).__name__}: {text} "
+    what = f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
+    print(f"amnet-deploy {command}: internal error: {what} "
           "(please report it; AMNET_DEBUG=1 shows the traceback)", file=sys.stderr)
     return EXIT_INTERNAL

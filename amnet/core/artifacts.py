@@ -138,7 +138,7 @@ def verify(folder: Path, entry: dict) -> None:
             raise ArtifactError(f"{name} is listed in {MANIFEST} but missing: rebuild it")
         if file_sha256(f) != sha:
             raise IntegrityError(f"{name} does not match the sha256 in {MANIFEST} (damaged or tampered): "
-                                 "rebuild it, or pass --no-verify to run it anyway")
+                                 "rebuild it")
 
 
 def verified_file(path: Path) -> Path:
@@ -157,7 +157,7 @@ def refuse_unlisted(path: Path) -> None:
     """A file that lies in a build folder whose manifest does not list it: nothing vouches for its contents."""
     if (Path(path).parent / MANIFEST).is_file():
         raise IntegrityError(f"{Path(path).name} lies in a build folder whose {MANIFEST} does not list it, so "
-                             "nothing vouches for its contents: rebuild it, or pass --no-verify to run it anyway")
+                             "nothing vouches for its contents: rebuild it")
 
 
 # ---------------------------------------------------------------- writing

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.core.errors import InputError, RuntimeMissing
+from amnet.core.errors import InputError, RuntimeMissing, first_line
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -86,7 +86,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]  # numpy's first sentence, whole
+        first = first_line(e, 10_000).split(". ")[0]  # numpy's first sentence, whole
         raise InputError(f"{path.name} is not a readable .npz ({first[:160]})") from None
     odd = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
     if odd:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.core.errors import AmnetError, ArtifactError, InputError
+from amnet.core.errors import AmnetError, ArtifactError, InputError, first_line
 
 MODEL_INPUTS = ("source", "audio", "pose", "eye")
 
@@ -199,7 +199,7 @@ class Runner:
         except AmnetError:
             raise
         except Exception as e:  # noqa: BLE001 - the runtime's own failure (out of memory, a bad kernel ...)
-            text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            text = first_line(e)
             raise ArtifactError(f"{self.name} failed to run {self.path.name if self.path else 'the model'}: "
                                 f"{text}") from None
         self.inference_time = time.perf_counter() - t

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.core.errors import InputError
+from amnet.core.errors import InputError, first_line
 from amnet.core.fileio import lazy_import
 from amnet.speech import SAMPLE_RATE, check_speech
 
@@ -22,12 +22,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 def _av():
     return lazy_import("av", AV_HINT, "12.0")
-
-
-def _first_line(e: BaseException) -> str:
-    """FFmpeg's own words ("Invalid data found when processing input"), without errno numbers or the path again."""
-    text = getattr(e, "strerror", None) or str(e)
-    return (text.splitlines() or [type(e).__name__])[0][:160]
 
 
 def resampler(rate: int = SAMPLE_RATE):
@@ -45,7 +39,7 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray:
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as e:
-        raise InputError(f"cannot read audio {path}: {_first_line(e)}") from None
+        raise InputError(f"cannot read audio {path}: {first_line(e, 160)}") from None
     with container:
         if not container.streams.audio:
             raise InputError(f"{path} has no audio stream")
@@ -54,7 +48,7 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray:
             for frame in container.decode(container.streams.audio[0]):
                 chunks += _resampled(resample, frame)
         except av.error.FFmpegError as e:
-            raise InputError(f"cannot decode audio {path}: {_first_line(e)}") from None
+            raise InputError(f"cannot decode audio {path}: {first_line(e, 160)}") from None
         chunks += _resampled(resample, None)
     return check_speech(np.concatenate(chunks) if chunks else np.zeros(0), path)
 
