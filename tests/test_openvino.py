@@ -219,7 +219,7 @@ def test_layer_profile_shows_what_ran_int8(ov_build):
     from benchmarks.profile_layers import main, profile
 
     d, arts = ov_build
-    totals, wall_ms = profile(d / arts["int8"]["file"], threads=2, runs=3)
+    totals, wall_ms, work = profile(d / arts["int8"]["file"], threads=2, runs=3)
     kernels = {}
     for (name, kernel), ms in totals.items():
         kernels.setdefault(name, set()).add(kernel)
@@ -230,6 +230,16 @@ def test_layer_profile_shows_what_ran_int8(ov_build):
     assert not any("I8" in k for k in kernels["conv reading a GC output"])
     assert any("I8" in k for k in kernels["other conv"])
     assert main([str(d / arts["int8"]["name"]), "--runs", "1"]) == 0  # the logical name resolves
+    # GOP from the IR's shapes: the last conv (24 → 3, 7×7) at R², and every conv counted once in the rows.
+    import openvino as ov
+
+    from benchmarks.profile_layers import conv_gop
+
+    model = ov.Core().read_model(str(d / arts["int8"]["file"]))
+    r = model.inputs[0].get_partial_shape()[-1].get_length()
+    gop = conv_gop(model)
+    assert gop["/reenactor/decoder/decoder.6/Conv"] == pytest.approx(2 * r * r * 3 * 24 * 7 * 7 / 1e9)
+    assert sum(work.values()) == pytest.approx(sum(gop.values()), rel=1e-6)
 
 
 def test_the_gate_checks_throughput_mode_too(ov_build, heldout_ref, limits, monkeypatch):
