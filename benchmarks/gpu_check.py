@@ -161,7 +161,7 @@ def check_variants(build: Path, resolution: int, feeds: dict, refs: dict, limits
                     row["replay_only"] = time_calls(runner.replay_only, v.batch)
                 row.update(getattr(runner, "device_stats", dict)())
         except Exception as e:  # noqa: BLE001 - a variant that cannot run is a failed row; the others go on
-            error = f"{type(e).__name__}: {str(e).strip()[:300]}"
+            error = f"{type(e).__name__}: {first_line(e, 300)}"
             row.update(error=error, passed=False, failures=[f"could not run: {error}"])
             rows.append(row)
             continue
@@ -252,7 +252,7 @@ def run(out: Path, checkpoint: Path, resolutions=RESOLUTIONS, batches=BATCHES, b
             refused = nan_probe(build_dir, r, feeds)
         except Exception as e:  # noqa: BLE001 - the probe could not run: not refused, and said why
             refused = False
-            report.setdefault("errors", []).append(f"NaN probe {r}²: {type(e).__name__}: {str(e)[:300]}")
+            report.setdefault("errors", []).append(f"NaN probe {r}²: {type(e).__name__}: {first_line(e, 300)}")
         report["nan_input_refused"] = report.get("nan_input_refused", True) and refused
         plain = {b: plain_replay(model, b, r, feeds) for b in batches}
         for row in (r for r in rows if "fps" in r):
@@ -263,7 +263,7 @@ def run(out: Path, checkpoint: Path, resolutions=RESOLUTIONS, batches=BATCHES, b
             try:
                 rows += tensorrt_rows(checkpoint, build_dir, r, feeds, refs, limits, model, peaks)
             except Exception as e:  # noqa: BLE001 - reported in the table, the check goes on
-                report.setdefault("errors", []).append(f"tensorrt {r}²: {type(e).__name__}: {str(e)[:300]}")
+                report.setdefault("errors", []).append(f"tensorrt {r}²: {type(e).__name__}: {first_line(e, 300)}")
         gpu_vs_cpu = {k: compare_refs(refs, k) for k in ("face", "landmarks")}
         report["resolutions"][str(r)] = {"rows": rows, "plain_fp16_replay": {str(b): v for b, v in plain.items()},
                                          "gpu_reference_vs_cpu_reference": gpu_vs_cpu,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from amnet import default_checkpoint
+from amnet.core.errors import first_line
 from amnet.core.fileio import write_text
 from amnet.core.runner import MODEL_INPUTS
 from benchmarks import gpu_check
@@ -131,7 +132,7 @@ def run_eager_configs(out: Path, checkpoint: Path, deadline: float) -> dict:
             with cls(write_plan(folder, weights, 128, 1, fields)) as r:
                 result["kernels_b1"][name] = kernel_count(r.model, 128)
         except Exception as e:  # noqa: BLE001 - reported, the others go on
-            result["kernels_b1"][name] = f"{type(e).__name__}: {str(e)[:200]}"
+            result["kernels_b1"][name] = f"{type(e).__name__}: {first_line(e)}"
     for resolution, batch in CASES:
         feeds = load_inputs("heldout", resolution, SAMPLES)
         feeds.pop("target", None)
@@ -149,7 +150,7 @@ def run_eager_configs(out: Path, checkpoint: Path, deadline: float) -> dict:
                     case[name]["x_plain"] = case[name]["infer"]["fps"] / plain["fps"]
                     case[name]["replay"]["x_plain"] = case[name]["replay"]["fps"] / plain["replay_only"]["fps"]
             except Exception as e:  # noqa: BLE001
-                case[name] = f"{type(e).__name__}: {str(e)[:300]}"
+                case[name] = f"{type(e).__name__}: {first_line(e, 300)}"
             torch.cuda.empty_cache()
         write_text(out / "gpu_options.partial.json", json.dumps(result, indent=1, default=float) + "\n")
     return result

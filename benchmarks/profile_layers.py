@@ -40,8 +40,10 @@ def conv_gop(model) -> dict[str, float]:
     gop = {}
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
-        out, w = op.get_output_partial_shape(0), op.get_input_partial_shape(1) if kind in CONV_TYPES else None
-        if w is None or not (out.is_static and w.is_static):
+        if kind not in CONV_TYPES:
+            continue
+        out, w = op.get_output_partial_shape(0), op.get_input_partial_shape(1)
+        if not (out.is_static and w.is_static):
             continue
         out, w = [d.get_length() for d in out], [d.get_length() for d in w]
         if kind == "ConvolutionBackpropData":  # weights [Cin, Cout, k…]: every input scattered over Cout × k…
@@ -55,8 +57,8 @@ def conv_gop(model) -> dict[str, float]:
 
 def profile(xml: Path, threads: int = 2, runs: int = 10, compute: str = "f32"
             ) -> tuple[dict[tuple[str, str], float], float, dict[tuple[str, str], float]]:
-    """Mean milliseconds per (role, kernel) over `runs` inferences on held-out inputs, the mean wall time, and the
-    convolutions' GOP per frame per (role, kernel)."""
+    """Mean milliseconds per frame per (role, kernel) over `runs` inferences on held-out inputs (a batch-B IR's
+    request divided by B), the mean wall time per frame, and the convolutions' GOP per frame per (role, kernel)."""
     import time
 
     import openvino as ov
@@ -81,15 +83,17 @@ def profile(xml: Path, threads: int = 2, runs: int = 10, compute: str = "f32"
     for _ in range(runs):
         t = time.perf_counter()
         request.infer(item)
-        wall += (time.perf_counter() - t) * 1000 / runs
+        wall += (time.perf_counter() - t) * 1000 / runs / batch
         for p in request.profiling_info:
             ms = p.real_time.total_seconds() * 1000
             if ms > 0:
                 kernel = p.exec_type if p.node_type in CONV_TYPES else ""
-                totals[(role(p.node_name, p.node_type), kernel)] += ms / runs
+                totals[(role(p.node_name, p.node_type), kernel)] += ms / runs / batch
     for p in request.profiling_info:  # the last run's nodes: each once
         if p.node_type in CONV_TYPES and p.real_time.total_seconds() > 0:
-            work[(role(p.node_name, p.node_type), p.exec_type)] += gop.get(p.node_name, 0.0)
+            # a quantized conv that feeds an output is renamed "<name>_original" by the INT8 transformations
+            name = p.node_name.removesuffix("_original")
+            work[(role(name, p.node_type), p.exec_type)] += gop.get(name, 0.0)
     return dict(totals), wall, dict(work)
 
 
@@ -106,12 +110,12 @@ def main(argv=None) -> int:
     for key, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:args.top]:
         name, kernel = key
         rate = f"{work[key]:7.3g} GOP at {work[key] / ms * 1000:4.0f} GOP/s" if work.get(key) else ""
-        print(f"{ms:8.2f} ms {100 * ms / total:5.1f} %  {f'{name} [{kernel}]' if kernel else name:<46}{rate}".rstrip())
+        print(f"{ms:8.2f} ms {100 * ms / total:5.1f} %  {f'{name} [{kernel}]' if kernel else name:<52}{rate}".rstrip())
     int8 = [k for k in work if "I8" in k[1]]
     if int8:  # what no float-side work can beat: the INT8 convs alone, at the rate they ran
         ms = sum(totals[k] for k in int8)
         print(f"INT8 convs alone: {ms:.1f} ms ({1000 / ms:.0f} FPS at most) for {sum(work[k] for k in int8):.2f} GOP, "
-              f"{sum(work[k] for k in int8) / ms * 1000:.0f} GOP/s; every other layer: {total - ms:.1f} ms")
+              f"{sum(work[k] for k in int8) / ms * 1000:.0f} GOP/s; all the other layers: {total - ms:.1f} ms")
     return 0
 
 

@@ -56,7 +56,7 @@ class OpenVinoRunner(Runner):
             with native_stderr_dropped():  # on a damaged file, frontends probing it log lines of their own
                 model = core.read_model(str(self.path))
         except Exception as e:  # noqa: BLE001 - OV raises RuntimeError with long multi-line text
-            raise ArtifactError(f"{self.path.name} is not a readable OpenVINO IR: {_first_line(e)}") from None
+            raise ArtifactError(f"{self.path.name} is not a readable OpenVINO IR: {_openvino_said(e)}") from None
         info = model.get_rt_info()
         # rt_info values are OVAny: .astype(str) gives the stored string (str() gives the wrapper's repr).
         self.metadata = {k: info[k].astype(str) for k in ("precision", "audio_delta", "batch", "gc_form")
@@ -81,7 +81,7 @@ class OpenVinoRunner(Runner):
                 self.source_request = core.compile_model(split[0], "CPU", config).create_infer_request()
             self.compiled = core.compile_model(split[1] if split else model, "CPU", config)
         except Exception as e:  # noqa: BLE001
-            raise ArtifactError(f"OpenVINO could not compile {self.path.name}: {_first_line(e)}") from None
+            raise ArtifactError(f"OpenVINO could not compile {self.path.name}: {_openvino_said(e)}") from None
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
         if not self.inputs or not self.outputs:
             raise ArtifactError(f"{self.path.name} declares no {'inputs' if not self.inputs else 'outputs'}")
@@ -199,7 +199,8 @@ def split_at_source(core, xml, tail_model):
     return head, tail
 
 
-def _first_line(e: Exception) -> str:
+def _openvino_said(e: Exception) -> str:
+    """OpenVINO's reason, without the "Check '…' failed at src/…" and "Exception from" lines it wraps it in."""
     text = str(e).strip()
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("Check ", "Exception from"))]
     return (lines[0] if lines else type(e).__name__)[:200]

@@ -124,6 +124,19 @@ def for_path(path: Path) -> Backend:
 
 # ---------------------------------------------------------------- opening artifacts
 
+def _verify(path: Path, found: tuple | None, backend) -> None:
+    """The artifact's files against its manifest, companions included; a loose file in a build folder refused."""
+    if found is None:
+        artifacts.refuse_unlisted(path)
+        return
+    artifacts.verify(*found)
+    unlisted = [n for n in (Path(found[1]["file"]).with_suffix(s).name for s in backend.companions)
+                if n not in found[1]["files"]]
+    if unlisted:  # the runtime would read them unchecked
+        raise IntegrityError(f"{artifacts.MANIFEST} gives no sha256 for {', '.join(unlisted)}, which "
+                             f"{path.name} needs (damaged or hand-edited): rebuild it")
+
+
 def open_runner(path: str | Path, threads: int | None = None, precision: str | None = None, verify: bool = True,
                 runtime: str | None = None, **options) -> Runner:
     """A runner (not yet activated) for any model file or export folder.
@@ -140,20 +153,16 @@ def open_runner(path: str | Path, threads: int | None = None, precision: str | N
     if not path.exists():
         raise InputError(f"model not found: {path}")
     backend = get(runtime) if runtime else for_path(path)
+    if verify:
+        try:
+            _verify(path, found, backend)
+        except IntegrityError as e:  # what verify=False would run: the commands that open runners take --no-verify
+            raise IntegrityError(f"{e}, or pass --no-verify to run it anyway") from None
     if found is not None:
-        if verify:
-            artifacts.verify(*found)
-            unlisted = [n for n in (Path(found[1]["file"]).with_suffix(s).name for s in backend.companions)
-                        if n not in found[1]["files"]]
-            if unlisted:  # the runtime would read them unchecked
-                raise IntegrityError(f"{artifacts.MANIFEST} gives no sha256 for {', '.join(unlisted)}, which "
-                                     f"{path.name} needs (damaged or hand-edited): rebuild it")
         if precision and str(precision) != found[1]["precision"]:
             raise InputError(f"{path.name} is the {found[1]['precision']} {found[1]['runtime']} artifact, "
                              f"not {precision}")
         precision = precision or found[1]["precision"]
-    elif verify:
-        artifacts.refuse_unlisted(path)
     unknown = sorted(set(options) - set(backend.options))
     if unknown:
         raise InputError(f"runtime {backend.name} has no option {', '.join(unknown)}")

@@ -242,6 +242,27 @@ def test_layer_profile_shows_what_ran_int8(ov_build):
     assert sum(work.values()) == pytest.approx(sum(gop.values()), rel=1e-6)
 
 
+def test_conv_gop_counts_each_conv_kind_per_frame():
+    """2 × multiply-adds per frame for the three conv kinds, from shapes alone, at batch 2 (halved per frame)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from benchmarks.profile_layers import conv_gop
+
+    x = ops.parameter([2, 8, 16, 16], np.float32)  # batch 2, 8 channels, 16²
+    ones = lambda *shape: ops.constant(np.ones(shape, np.float32))  # noqa: E731
+    conv = ops.convolution(x, ones(4, 8, 3, 3), [1, 1], [1, 1], [1, 1], [1, 1])  # 4 outputs, each 8 × 3 × 3
+    group = ops.group_convolution(x, ones(2, 2, 4, 3, 3), [1, 1], [1, 1], [1, 1], [1, 1])  # 4 outputs, each 4 × 3 × 3
+    deconv = ops.convolution_backprop_data(x, ones(8, 4, 3, 3), strides=[2, 2], pads_begin=[1, 1], pads_end=[1, 1],
+                                           dilations=[1, 1], output_padding=[1, 1])  # each input over 4 × 3 × 3
+    for name, op in (("conv", conv), ("group", group), ("deconv", deconv)):
+        op.set_friendly_name(name)
+    assert deconv.get_output_partial_shape(0).to_shape() == [2, 4, 32, 32]
+    gop = conv_gop(ov.Model([conv, group, deconv], [x]))
+    assert gop == pytest.approx({"conv": 2 * 16 * 16 * 4 * 8 * 9 / 1e9, "group": 2 * 16 * 16 * 4 * 4 * 9 / 1e9,
+                                 "deconv": 2 * 16 * 16 * 8 * 4 * 9 / 1e9})
+
+
 def test_the_gate_checks_throughput_mode_too(ov_build, heldout_ref, limits, monkeypatch):
     """INT8 kernels round by thread layout, so throughput mode (which `choose` may recommend) is gated too."""
     from benchmarks import parity

@@ -166,7 +166,7 @@ def test_a_runtime_error_without_words_is_a_failed_check_named_by_its_type(small
 
 @pytest.mark.parametrize("error, expected", [
     (ValueError("first\nsecond"), "first"), (ValueError(""), "ValueError"), (ValueError(" \n "), "ValueError"),
-    (FileNotFoundError(2, "No such file or directory", "x.wav"), "No such file or directory"),
+    (FileNotFoundError(2, "No such file or directory", "x.wav"), "[Errno 2] No such file or directory: 'x.wav'"),
     (ValueError("x" * 300), "x" * 200)])
 def test_a_library_error_is_quoted_as_its_first_line(error, expected):
     from amnet.core.errors import first_line
@@ -189,6 +189,7 @@ def test_a_tampered_artifact_is_refused_by_infer_and_failed_by_the_gate(small_bu
     assert "pass --no-verify" in err  # the way to run it anyway, which infer has
     assert main(["infer", str(f), "--inputs", str(inputs), "--output", str(tmp_path / "o.npz"), "--no-verify"]) == 0
     assert gate(checkpoint_file, build, inputs, tmp_path / "r", "--no-faces") == 1
+    assert "pass --no-verify" in (tmp_path / "r" / "parity.md").read_text()  # the gate's report says so too
 
 
 @pytest.mark.parametrize("edit", ["no files", "main file left out", "absolute path", "parent path", "short sha256",

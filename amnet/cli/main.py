@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError, IntegrityError, first_line
+from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError, first_line
 from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number, positive,
                             resolution, shipped_checkpoint, words)
 from amnet.core import artifacts
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    command, args = "?", None
+    command = "?"
     try:
         parser = build_parser()
         try:
@@ -465,10 +465,7 @@ def _main(argv: list[str] | None) -> int:
             warnings.filterwarnings("once", category=UserWarning, module="amnet")
             return args.func(args)
     except AmnetError as e:
-        # The commands that run artifacts can run one anyway; `build` cannot build from one.
-        runs_anyway = isinstance(e, IntegrityError) and hasattr(args, "no_verify")
-        anyway = " (or pass --no-verify to run it anyway)" if runs_anyway else ""
-        print(f"amnet-deploy {command}: error: {_one_line(e)}{anyway}", file=sys.stderr)
+        print(f"amnet-deploy {command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except ImportError as e:  # an optional extra this command needs (the torch-free install has none)
         top = (e.name or "").split(".")[0]
@@ -495,7 +492,7 @@ def _main(argv: list[str] | None) -> int:
 def _internal_error(command: str, e: Exception) -> int:
     if os.environ.get("AMNET_DEBUG"):
         raise e
-    what = f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
+    what = f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__  # named once, not twice
     print(f"amnet-deploy {command}: internal error: {what} "
           "(please report it; AMNET_DEBUG=1 shows the traceback)", file=sys.stderr)
     return EXIT_INTERNAL

@@ -31,7 +31,7 @@ class RuntimeMissing(AmnetError):
     """A runtime or package (OpenVINO, TensorRT, torch, ...) that is not installed here."""
 
 
-def first_line(e: BaseException, limit: int = 200) -> str:
+def first_line(e: BaseException | str, limit: int = 200) -> str:
     """What a library said, as one short line: the first line of its message, else the exception's type name."""
-    text = str(getattr(e, "strerror", None) or e).strip()
+    text = str(e).strip()
     return (text.splitlines() or [type(e).__name__])[0][:limit]

@@ -24,6 +24,11 @@ def _av():
     return lazy_import("av", AV_HINT, "12.0")
 
 
+def _ffmpeg_said(e: BaseException) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input"), without errno numbers or the path again."""
+    return first_line(getattr(e, "strerror", None) or e, 160)
+
+
 def resampler(rate: int = SAMPLE_RATE):
     """FFmpeg's resampler to float64 mono at ``rate`` (stateful: feed a stream's frames in order, then None)."""
     return _av().AudioResampler(format="dbl", layout="mono", rate=rate)
@@ -39,7 +44,7 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray:
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as e:
-        raise InputError(f"cannot read audio {path}: {first_line(e, 160)}") from None
+        raise InputError(f"cannot read audio {path}: {_ffmpeg_said(e)}") from None
     with container:
         if not container.streams.audio:
             raise InputError(f"{path} has no audio stream")
@@ -48,7 +53,7 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray:
             for frame in container.decode(container.streams.audio[0]):
                 chunks += _resampled(resample, frame)
         except av.error.FFmpegError as e:
-            raise InputError(f"cannot decode audio {path}: {first_line(e, 160)}") from None
+            raise InputError(f"cannot decode audio {path}: {_ffmpeg_said(e)}") from None
         chunks += _resampled(resample, None)
     return check_speech(np.concatenate(chunks) if chunks else np.zeros(0), path)
 
