@@ -183,11 +183,13 @@ class GCHeads(nn.Module):
     Inference only (a model in training mode ignores it): on a GPU at batch 1
     each small linear layer is its own kernel launch, and these 54 launches are a
     fifth of the model's. Built from the GCs' current weights into non-persistent
-    buffers (never saved: the checkpoint keeps the per-GC layout); rebuild after
-    changing them.
+    buffers (never saved: the checkpoint keeps the per-GC layout; module state
+    only inside `export.onnx_export.fused_gc_heads`); rebuild after changing them.
     """
 
-    def __init__(self, gcs: nn.ModuleList):
+    def __init__(self, gcs: nn.ModuleList, persistent: bool = False):
+        """``persistent``: the copies as module state, for an ONNX trace, which writes state as initializers
+        (weights that FP16 conversion and INT8 scopes treat as such) and other tensors as Constant nodes."""
         super().__init__()
         mlps = [m for gc in gcs for m in (gc.weight_mlp, gc.bias_mlp)]
         hidden = mlps[0][0].out_features
@@ -195,8 +197,8 @@ class GCHeads(nn.Module):
             raise InputError("GC heads can only be fused for Linear-ReLU-Linear MLPs over f_Geo of one width")
         self.hidden = hidden
         with torch.no_grad():
-            self.register_buffer("w1", torch.cat([m[0].weight for m in mlps]).clone(), persistent=False)
-            self.register_buffer("b1", torch.cat([m[0].bias for m in mlps]).clone(), persistent=False)
+            self.register_buffer("w1", torch.cat([m[0].weight for m in mlps]).clone(), persistent=persistent)
+            self.register_buffer("b1", torch.cat([m[0].bias for m in mlps]).clone(), persistent=persistent)
             # Weight heads (C·k·k wide) and bias heads (C wide) as two batched matmuls, each padded only to the
             # widest of its own kind; the padding's outputs are never read.
             for kind, group in (("weight", [gc.weight_mlp for gc in gcs]), ("bias", [gc.bias_mlp for gc in gcs])):
@@ -205,15 +207,15 @@ class GCHeads(nn.Module):
                 for i, m in enumerate(group):
                     w2[i, :, :m[2].out_features] = m[2].weight.t()
                     b2[i, 0, :m[2].out_features] = m[2].bias
-                self.register_buffer(f"{kind}_w2", w2, persistent=False)
-                self.register_buffer(f"{kind}_b2", b2, persistent=False)
+                self.register_buffer(f"{kind}_w2", w2, persistent=persistent)
+                self.register_buffer(f"{kind}_b2", b2, persistent=persistent)
         self.weight_sizes = [gc.weight_mlp[2].out_features for gc in gcs]
         self.bias_sizes = [gc.bias_mlp[2].out_features for gc in gcs]
 
     def forward(self, f_geo: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         gcs = len(self.weight_sizes)
         h = F.relu(F.linear(f_geo, self.w1, self.b1))  # N × (GCs · 2 · hidden), weight then bias MLP per GC
-        h = h.reshape(len(f_geo), gcs, 2, self.hidden)
+        h = h.reshape(-1, gcs, 2, self.hidden)  # -1, not len(f_geo): a traced batch stays symbolic
         weights = torch.baddbmm(self.weight_b2, h[:, :, 0].transpose(0, 1), self.weight_w2)  # GCs × N × widest
         biases = torch.baddbmm(self.bias_b2, h[:, :, 1].transpose(0, 1), self.bias_w2)
         return [(weights[i, :, :w], biases[i, :, :b]) for i, (w, b) in enumerate(zip(self.weight_sizes,
@@ -252,9 +254,9 @@ class Reenactor(nn.Module):
             x = gc(cell(x), f_geo, p)
         return self.decoder(x)
 
-    def fuse_gc_heads(self) -> None:
+    def fuse_gc_heads(self, persistent: bool = False) -> None:
         """Compute every GC's weights and bias in two kernels instead of 54 (inference; see GCHeads)."""
-        self.gc_heads = GCHeads(self.gcs).to(self.gcs[0].bias_mlp[0].weight)
+        self.gc_heads = GCHeads(self.gcs, persistent).to(self.gcs[0].bias_mlp[0].weight)
 
 
 class Discriminator(nn.Module):

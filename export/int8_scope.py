@@ -26,7 +26,7 @@ from pathlib import Path
 from amnet.core.errors import InputError
 
 # Node-name fragments as the TorchScript ONNX exporter writes them (OpenVINO keeps them as friendly names).
-GC_PATH = r"/gcs\.\d+/"
+GC_PATH = r"/(?:gcs\.\d+|gc_heads)/"  # the GC modules, and their MLPs as exported (fused: one GCHeads)
 FUSER = r"/fuser/"
 GC_READERS = (r"/cells\.[1-5]/body/body\.0/", r"/cells\.[6-8]/", r"/decoder/decoder\.0/")
 IMAGE_OUT = r"/decoder/decoder\.6/"  # the last conv writes pixels: its input noise lands on the face directly
@@ -89,7 +89,8 @@ def load_scope(path: Path | None) -> Scope:
     for key, values in (("float_nodes", data["float_nodes"]), ("float_op_types", op_types)):
         if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
             raise InputError(f"{path}: {key} must be a list of non-empty strings, got {values!r:.80}")
-    fragments = tuple(data["float_nodes"])
+    # ALWAYS_FLOAT first: a scope written before the GC MLPs were exported fused names only /gcs.N/
+    fragments = tuple(dict.fromkeys([*ALWAYS_FLOAT, *data["float_nodes"]]))
     for f in fragments:
         try:
             re.compile(f)

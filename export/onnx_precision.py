@@ -27,12 +27,12 @@ from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
 from amnet.core.errors import InputError, RuntimeMissing
 from amnet.core.fileio import file_sha256, tool_versions
-from export.int8_scope import Scope, load_scope
+from export.int8_scope import FUSER, GC_PATH, IMAGE_OUT, Scope, load_scope
 from export.onnx_export import gc_smoothing, read_export_metadata, save_onnx, set_metadata
 
 # FP16 keeps the GC path, the fuser and the two image-facing convs (first encoder conv, last decoder conv)
 # in float32, as the TorchScript exporter names them.
-FP16_KEEP = re.compile(r"(/gcs\.\d+/|/fuser/|/encoder/encoder\.0/|/decoder/decoder\.6/)")
+FP16_KEEP = re.compile(f"({GC_PATH}|{FUSER}|/encoder/encoder\\.0/|{IMAGE_OUT})")
 
 
 def kept_nodes(proto: onnx.ModelProto, rule: re.Pattern = FP16_KEEP) -> list[str]:

@@ -71,7 +71,38 @@ def test_metadata_and_checker(small_model, tmp_path):
     assert meta["source_checkpoint_sha256"] == "abc123" and meta["gc_form"] == "grouped"
     assert meta["batch"] == "2" and meta["resolution"] == "32" and meta["gc_kernel"] == "1"
     assert meta["producer"].startswith("amnet-deploy") and meta["simplified"] == "true"
-    assert meta["upsampling"] == "subpixel"
+    assert meta["upsampling"] == "subpixel" and meta["gc_heads"] == "fused"
+
+
+@pytest.mark.parametrize("batch", [1, None])
+def test_the_gc_mlps_are_exported_as_one_gemm_and_two_batched_matmuls(small_model, batch):
+    proto = to_onnx(small_model, "full", batch, 32)
+    products = sorted(n.name for n in proto.graph.node
+                      if n.op_type in ("Gemm", "MatMul") and n.name.startswith("/reenactor/"))
+    assert products == ["/reenactor/gc_heads/Gemm", "/reenactor/gc_heads/MatMul", "/reenactor/gc_heads/MatMul_1"]
+    assert small_model.reenactor.gc_heads is None  # the model is left as it was
+
+
+def test_fp16_keeps_the_gc_heads_in_float32(small_model):
+    from export.onnx_precision import to_fp16
+
+    proto = to_fp16(to_onnx(small_model, "full", 1, 32))
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    weight = {n.name: types.get(n.input[1]) for n in proto.graph.node if len(n.input) > 1}
+    assert weight["/reenactor/gc_heads/Gemm"] == weight["/reenactor/gc_heads/MatMul_1"] == onnx.TensorProto.FLOAT
+    assert weight["/reenactor/cells.1/body/body.3/Conv"] == onnx.TensorProto.FLOAT16
+
+
+def test_a_scope_written_before_the_fused_heads_keeps_them_float(tmp_path):
+    import json
+
+    from export.int8_scope import SCOPE_FORMAT, load_scope
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"format": SCOPE_FORMAT, "float_nodes": [r"/gcs\.\d+/", "/fuser/"]}))
+    nodes = load_scope(old).nodes
+    assert nodes.search("/reenactor/gc_heads/MatMul_1") and nodes.search("/reenactor/gcs.3/Conv")
+    assert not nodes.search("/reenactor/cells.1/body/body.3/Conv")
 
 
 @pytest.mark.parametrize("resolution", [128, 256])
