@@ -178,7 +178,7 @@ class GeometricController(nn.Module):
 
 
 class GCHeads(nn.Module):
-    """The nine GCs' weight and bias MLPs (eighteen 256→256→C MLPs) as one matmul and one batched matmul.
+    """The nine GCs' weight and bias MLPs (eighteen 256→256→C MLPs) as one GEMM and two batched matmuls.
 
     Inference only (a model in training mode ignores it): on a GPU at batch 1
     each small linear layer is its own kernel launch, and these 54 launches are a
@@ -255,7 +255,7 @@ class Reenactor(nn.Module):
         return self.decoder(x)
 
     def fuse_gc_heads(self, persistent: bool = False) -> None:
-        """Compute every GC's weights and bias in two kernels instead of 54 (inference; see GCHeads)."""
+        """Compute every GC's weights and bias in three kernels instead of 54 (inference; see GCHeads)."""
         self.gc_heads = GCHeads(self.gcs, persistent).to(self.gcs[0].bias_mlp[0].weight)
 
 

@@ -89,8 +89,12 @@ def load_scope(path: Path | None) -> Scope:
     for key, values in (("float_nodes", data["float_nodes"]), ("float_op_types", op_types)):
         if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
             raise InputError(f"{path}: {key} must be a list of non-empty strings, got {values!r:.80}")
-    # ALWAYS_FLOAT first: a scope written before the GC MLPs were exported fused names only /gcs.N/
-    fragments = tuple(dict.fromkeys([*ALWAYS_FLOAT, *data["float_nodes"]]))
+    # A scope written before the GC MLPs were exported fused names the GC path as /gcs.N/ only: the heads go with it
+    fragments = tuple(GC_PATH if f == r"/gcs\.\d+/" else f for f in data["float_nodes"])
+    kept = re.compile("|".join(f"(?:{f})" for f in fragments))
+    if not all(kept.search(n) for n in ("/reenactor/gcs.0/Conv", "/reenactor/gc_heads/Gemm")):
+        raise InputError(f"{path}: float_nodes must keep the GC path float ({GC_PATH}): its MLPs make GC weights, "
+                         "per sample, that no calibration set can range")
     for f in fragments:
         try:
             re.compile(f)

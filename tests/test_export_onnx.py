@@ -86,7 +86,7 @@ def test_the_gc_mlps_are_exported_as_one_gemm_and_two_batched_matmuls(small_mode
 def test_fp16_keeps_the_gc_heads_in_float32(small_model):
     from export.onnx_precision import to_fp16
 
-    proto = to_fp16(to_onnx(small_model, "full", 1, 32))
+    proto = to_fp16(to_onnx(small_model, "full", 1, 32, simplify=False))  # initializers as traced
     types = {i.name: i.data_type for i in proto.graph.initializer}
     weight = {n.name: types.get(n.input[1]) for n in proto.graph.node if len(n.input) > 1}
     assert weight["/reenactor/gc_heads/Gemm"] == weight["/reenactor/gc_heads/MatMul_1"] == onnx.TensorProto.FLOAT
@@ -103,6 +103,10 @@ def test_a_scope_written_before_the_fused_heads_keeps_them_float(tmp_path):
     nodes = load_scope(old).nodes
     assert nodes.search("/reenactor/gc_heads/MatMul_1") and nodes.search("/reenactor/gcs.3/Conv")
     assert not nodes.search("/reenactor/cells.1/body/body.3/Conv")
+    partial = tmp_path / "partial.json"  # one that names the GC convs only would put their MLPs in INT8
+    partial.write_text(json.dumps({"format": SCOPE_FORMAT, "float_nodes": [r"/gcs\.\d+/Conv", "/fuser/"]}))
+    with pytest.raises(InputError, match="must keep the GC path float"):
+        load_scope(partial)
 
 
 @pytest.mark.parametrize("resolution", [128, 256])

@@ -57,7 +57,7 @@ def test_whole_model_forms_agree(k):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_fused_gc_heads_compute_every_gc_weight(k):
-    """GCHeads (two kernels for the 18 GC MLPs) gives each GC its own weights and bias, saves nothing extra."""
+    """GCHeads (three kernels for the 18 GC MLPs) gives each GC its own weights and bias, saves nothing extra."""
     torch.manual_seed(2)
     model = AMNet(AMNetConfig(kernel=k)).eval()
     f_geo = torch.randn(3, 256)

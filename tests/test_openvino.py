@@ -137,6 +137,7 @@ def test_int8_keeps_gc_readers_add_and_instancenorm_float(ov_build):
                  for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
                  for t in op.output(0).get_target_inputs()}
     assert not {n for n, kind in quantized.items() if kind in ("Add", "MVN") or FLOAT_NODES.search(n)}
+    assert any("/gc_heads/" in op.get_friendly_name() for op in model.get_ordered_ops())  # the fused GC MLPs are there
     # ...while the heavy second conv of every residual cell is INT8.
     assert all(any(f"/cells.{i}/body/body.3/" in n for n in quantized) for i in range(1, 5))
 
