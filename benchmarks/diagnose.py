@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from amnet.core.errors import ArtifactError, InputError
-from amnet.core.fileio import write_text
+from amnet.core.fileio import file_sha256, write_text
 from amnet.core.runner import MODEL_INPUTS, run_in_chunks
 
 # Default SNR floor per precision: well below what a healthy variant of that precision keeps at every probe
@@ -155,28 +155,42 @@ def openvino_variant_tensors(path: Path, tensors: list[str], feeds: dict, batch:
     return run_in_chunks(run, feeds, batch or 1, pad=True)
 
 
-def tensorrt_variant_tensors(variant, tensors: list[str], feeds: dict) -> dict[str, np.ndarray]:
-    """TensorRT: the variant's precision ONNX rebuilt with every probe marked as an engine output, then run."""
+def engine_source(variant, tmp: Path) -> Path:
+    """The ONNX a TensorRT variant was built from, as its sidecar's sha256 names it: the export (FP32), the
+    onnxruntime build's FP16/INT8 file beside it, or one made again here (default scope, 32 calibration samples).
+    Refused when none of them is that file (an engine built with another --int8-scope or --calib-samples):
+    probing another quantization would blame the wrong layer."""
     from amnet.core import artifacts
     from export.onnx_export import save_onnx
     from export.onnx_precision import precision_name, precision_proto
-    from export.tensorrt_build import serialize_engine
-    from runtimes.tensorrt_runner import TensorRTRunner, gpu_name, import_tensorrt, write_sidecar
 
-    trt = import_tensorrt()
     folder, side = variant.path.parent, variant.extra.get("tensorrt", {})
     fp32 = artifacts.resolve(folder / variant.extra.get("from", ""))
     if not fp32.is_file():
         raise ArtifactError(f"{variant.name} was built from {variant.extra.get('from')}, which is not in {folder}")
-    fp32 = artifacts.verified_file(fp32)
+    source = artifacts.verified_file(fp32)
+    if variant.precision != "fp32":
+        source = artifacts.resolve(folder / precision_name(variant.extra["from"], variant.precision))
+        if source.is_file():
+            source = artifacts.verified_file(source)
+        else:
+            source = save_onnx(precision_proto(fp32, variant.precision, 32), Path(tmp) / "probe_source.onnx")
+    if side.get("onnx_sha256") != file_sha256(source):
+        raise ArtifactError(f"{variant.name} was built from {side.get('onnx', 'an ONNX')} (sha256 "
+                            f"{str(side.get('onnx_sha256'))[:12]}…), which is neither in {folder} nor made again "
+                            "here (another --int8-scope or --calib-samples?): rebuild it with the defaults to diagnose")
+    return source
+
+
+def tensorrt_variant_tensors(variant, tensors: list[str], feeds: dict) -> dict[str, np.ndarray]:
+    """TensorRT: the ONNX the variant was built from, rebuilt with every probe marked as an engine output, then run."""
+    from export.tensorrt_build import serialize_engine
+    from runtimes.tensorrt_runner import TensorRTRunner, gpu_name, import_tensorrt, write_sidecar
+
+    trt = import_tensorrt()
+    side = variant.extra.get("tensorrt", {})
     with tempfile.TemporaryDirectory() as tmp:
-        source = fp32
-        if variant.precision != "fp32":
-            source = artifacts.resolve(folder / precision_name(variant.extra["from"], variant.precision))
-            if source.is_file():
-                source = artifacts.verified_file(source)
-            else:
-                source = save_onnx(precision_proto(fp32, variant.precision, 32), Path(tmp) / "probe_source.onnx")
+        source = engine_source(variant, Path(tmp))
         data, _ = serialize_engine(source, variant.precision, Path(tmp) / "timing.cache",
                                    side.get("workspace_bytes", 2 << 30), extra_outputs=tuple(tensors))
         engine = Path(tmp) / "probes.engine"

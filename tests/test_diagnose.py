@@ -104,3 +104,27 @@ def test_a_tensorrt_variant_without_tensorrt_is_one_line(small_build, checkpoint
                  "--inputs", str(inputs), "--report", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "tensorrt is not installed" in err and err.count("\n") == 1
+
+
+def test_a_tensorrt_variant_is_probed_only_on_the_onnx_it_was_built_from(small_build, tmp_path):
+    """TensorRT cannot run here; what its probes are built from is checked on the CPU: the file whose sha256 the
+    engine's sidecar records, and a refusal when that file is gone (an engine built with another scope)."""
+    from amnet.core.errors import ArtifactError
+    from amnet.core.fileio import file_sha256
+    from benchmarks.diagnose import engine_source
+    from benchmarks.parity import Variant
+
+    d, _ = small_build
+    build = copy_build(d, tmp_path / "b")
+    assert main(["build", str(build), "--runtime", "onnxruntime", "--precision", "fp16", "--resolution", "32",
+                 "--output", str(build), "--quiet"]) == 0
+    export, fp16 = (artifacts.resolve(build / n) for n in ("amnet_full_b1_r32.onnx", "amnet_full_b1_r32_fp16.onnx"))
+
+    def variant(precision, sha):
+        return Variant(f"tensorrt-{precision}-b1-r32", "tensorrt", precision, build / "x.engine", 1, 32,
+                       {"from": "amnet_full_b1_r32.onnx", "tensorrt": {"onnx": "its.onnx", "onnx_sha256": sha}})
+
+    assert engine_source(variant("fp32", file_sha256(export)), tmp_path) == export
+    assert engine_source(variant("fp16", file_sha256(fp16)), tmp_path) == fp16
+    with pytest.raises(ArtifactError, match="neither in"):
+        engine_source(variant("fp16", "0" * 64), tmp_path)
