@@ -91,15 +91,15 @@ def load_scope(path: Path | None) -> Scope:
             raise InputError(f"{path}: {key} must be a list of non-empty strings, got {values!r:.80}")
     # A scope written before the GC MLPs were exported fused names the GC path as /gcs.N/ only: the heads go with it
     fragments = tuple(GC_PATH if f == r"/gcs\.\d+/" else f for f in data["float_nodes"])
-    kept = re.compile("|".join(f"(?:{f})" for f in fragments))
-    if not all(kept.search(n) for n in ("/reenactor/gcs.0/Conv", "/reenactor/gc_heads/Gemm")):
-        raise InputError(f"{path}: float_nodes must keep the GC path float ({GC_PATH}): its MLPs make GC weights, "
-                         "per sample, that no calibration set can range")
     for f in fragments:
         try:
             re.compile(f)
         except re.error:
             raise InputError(f"{path}: {f!r} is not a valid pattern") from None
+    kept = re.compile("|".join(f"(?:{f})" for f in fragments))
+    if not all(kept.search(n) for n in ("/reenactor/gcs.0/Conv", "/reenactor/gc_heads/Gemm")):
+        raise InputError(f"{path}: float_nodes must keep the GC path float ({GC_PATH}): its MLPs make GC weights, "
+                         "per sample, that no calibration set can range")
     smooth_gc = data.get("smooth_gc")
     if smooth_gc is not None and not isinstance(smooth_gc, (int, float)):
         raise InputError(f"{path}: smooth_gc must be a number, got {smooth_gc!r}")

@@ -107,6 +107,9 @@ def test_a_scope_written_before_the_fused_heads_keeps_them_float(tmp_path):
     partial.write_text(json.dumps({"format": SCOPE_FORMAT, "float_nodes": [r"/gcs\.\d+/Conv", "/fuser/"]}))
     with pytest.raises(InputError, match="must keep the GC path float"):
         load_scope(partial)
+    partial.write_text(json.dumps({"format": SCOPE_FORMAT, "float_nodes": [r"/gcs\.\d+/", "(unclosed"]}))
+    with pytest.raises(InputError, match="not a valid pattern"):  # one line, before any pattern is used
+        load_scope(partial)
 
 
 @pytest.mark.parametrize("resolution", [128, 256])
