@@ -156,25 +156,18 @@ def openvino_variant_tensors(path: Path, tensors: list[str], feeds: dict, batch:
 
 
 def engine_source(variant, tmp: Path) -> Path:
-    """The ONNX a TensorRT variant was built from, as its sidecar's sha256 names it: the export (FP32), the
-    onnxruntime build's FP16/INT8 file beside it, or one made again here (default scope, 32 calibration samples).
-    Refused when none of them is that file (an engine built with another --int8-scope or --calib-samples):
-    probing another quantization would blame the wrong layer."""
+    """The ONNX a TensorRT variant was built from, as its sidecar's sha256 names it: what the TensorRT build
+    takes (`precision_source`: the export, the onnxruntime build's FP16/INT8 file of it, or one made again with
+    the default scope and 32 calibration samples). Refused when that is another file (an engine built with another
+    --int8-scope or --calib-samples): probing another quantization would blame the wrong layer."""
     from amnet.core import artifacts
-    from export.onnx_export import save_onnx
-    from export.onnx_precision import precision_name, precision_proto
+    from export.tensorrt_build import precision_source
 
     folder, side = variant.path.parent, variant.extra.get("tensorrt", {})
     fp32 = artifacts.resolve(folder / variant.extra.get("from", ""))
     if not fp32.is_file():
         raise ArtifactError(f"{variant.name} was built from {variant.extra.get('from')}, which is not in {folder}")
-    source = artifacts.verified_file(fp32)
-    if variant.precision != "fp32":
-        source = artifacts.resolve(folder / precision_name(variant.extra["from"], variant.precision))
-        if source.is_file():
-            source = artifacts.verified_file(source)
-        else:
-            source = save_onnx(precision_proto(fp32, variant.precision, 32), Path(tmp) / "probe_source.onnx")
+    source = precision_source(artifacts.verified_file(fp32), variant.precision, folder, 32, Path(tmp))
     if side.get("onnx_sha256") != file_sha256(source):
         raise ArtifactError(f"{variant.name} was built from {side.get('onnx', 'an ONNX')} (sha256 "
                             f"{str(side.get('onnx_sha256'))[:12]}…), which is neither in {folder} nor made again "

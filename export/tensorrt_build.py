@@ -105,7 +105,7 @@ def _cached(out_dir: Path, key: str) -> dict | None:
     return None
 
 
-def _precision_source(fp32: Path, precision: Precision, out_dir: Path, calib_samples: int, tmp: Path,
+def precision_source(fp32: Path, precision: Precision, out_dir: Path, calib_samples: int, tmp: Path,
                       scope_file: Path | None = None) -> Path:
     """The ONNX an engine is built from: the export (fp32), or the onnxruntime build's FP16/INT8 file when it
     was made from this very export, else one made now (so INT8 is calibrated once, not per engine build)."""
@@ -144,7 +144,7 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
             key = cache_key(file_sha256(fp32), trt.__version__, gpu, calibrated, opts.version_compatible, workspace)
             if _cached(out_dir, key) is not None:
                 continue
-            src = _precision_source(fp32, precision, out_dir, opts.calib_samples, Path(tmp), opts.int8_scope)
+            src = precision_source(fp32, precision, out_dir, opts.calib_samples, Path(tmp), opts.int8_scope)
             onnx_sha = file_sha256(src)
             data, seconds = serialize_engine(src, str(precision), out_dir / TIMING_CACHE, workspace,
                                              opts.version_compatible)
