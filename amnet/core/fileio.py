@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import json
 import os
 import stat
 import zipfile
@@ -52,6 +53,63 @@ def check_output_dir(folder: str | os.PathLike, *names: str) -> Path:
     for name in names:
         check_output_path(folder / name)
     return folder
+
+
+def check_input_path(path: str | os.PathLike, what: str = "input") -> Path:
+    """A file we may read: an existing regular file (or folder where one is allowed by the caller's own check).
+    A FIFO would block `open` (signals unanswered), a device would stream without end: both refused up front."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise InputError(f"refusing to read {what} {path}: it is {kind}, not a regular file")
+    return path
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet: compare where they would be
+        return Path(os.path.realpath(a)) == Path(os.path.realpath(b))
+
+
+def refuse_overwriting(output: str | os.PathLike, *inputs: str | os.PathLike | None, flag: str = "--output") -> Path:
+    """An output that is (or resolves to, through links) one of the command's inputs, or a build folder's
+    manifest, is refused before any work: writing it would destroy what the command reads."""
+    output = Path(output)
+    for given in inputs:
+        if given is None or str(given) == "-":
+            continue
+        if _same(output, Path(given)):
+            raise InputError(f"{flag} {output} is also an input ({given}): write the result elsewhere")
+    if output.name == "manifest.json" and output.exists():  # artifacts.MANIFEST (core.fileio is below it)
+        raise InputError(f"{flag} {output} would replace a build folder's manifest: write the result elsewhere")
+    return output
+
+
+JSON_MAX_BYTES = 64 << 20  # a manifest, limits, scope or clips file is kilobytes; a bigger one is not ours
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    """A JSON file's contents, or one InputError: missing, not a regular file, too big, not JSON, or nested so
+    deep that the parser would overflow its stack (a hostile file, never a traceback)."""
+    path = check_input_path(path, what)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file")
+    if path.stat().st_size > JSON_MAX_BYTES:
+        raise InputError(f"{what} {path} is over {JSON_MAX_BYTES >> 20} MiB: not one of ours")
+    try:
+        return json.loads(path.read_bytes())
+    except RecursionError:
+        raise InputError(f"{what} {path} is nested too deeply to be one of ours") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{what} {path} is not valid JSON ({first_line(e, 120)})") from None
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
