@@ -21,7 +21,7 @@ import numpy as np
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
 from amnet.core.fileio import file_sha256, lazy_import, tool_versions
-from export.int8_scope import Scope, load_scope
+from export.int8_scope import GC_PATH, Scope, load_scope
 from export.onnx_export import gc_smoothing, read_export_metadata, read_metadata
 
 PSNR_CAP = 50.0
@@ -101,7 +101,9 @@ def build(onnx_files: list[Path], out_dir: Path, opts) -> dict:
             xml = stage.path(name)
             ov.save_model(model, str(xml), compress_to_fp16=(precision == Precision.FP16))
             with OpenVinoRunner(xml, threads=min(2, os.cpu_count() or 1), precision=str(precision)) as r:
-                actual = {"compute": r.compute_precision, "ops": r.executed_precisions()}
+                # The GC path apart: never INT8, and in the float parts' precision (bf16 on bf16 CPUs: amnet.core.cpu).
+                actual = {"compute": r.compute_precision, "ops": r.executed_precisions(),
+                          "gc_path": r.executed_precisions(GC_PATH)}
             stage.add({"name": name, "runtime": "openvino", "part": meta["part"], "gc_form": meta["gc_form"],
                        "batch": meta["batch"], "resolution": meta["resolution"], "precision": str(precision),
                        "audio_delta": meta["audio_delta"], **gc_smoothing(rt_info),

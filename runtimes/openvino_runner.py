@@ -110,12 +110,17 @@ class OpenVinoRunner(Runner):
         """What the compiled model reports it computes in (f32, f16, bf16)."""
         return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
-    def executed_precisions(self) -> dict[str, dict[str, int]]:
-        """Per compute layer type, how many ran in each runtime precision (from the execution graph)."""
+    def executed_precisions(self, where: str | None = None) -> dict[str, dict[str, int]]:
+        """Per compute layer type, how many ran in each runtime precision (from the execution graph); ``where``,
+        a regex, keeps only the nodes one of whose original layer names it matches (a fused node keeps them all)."""
+        import re
+
         out: dict[str, Counter] = {}
         for op in self.compiled.get_runtime_model().get_ordered_ops():
             rt = op.get_rt_info()
             layer = rt["layerType"].astype(str)
+            if where and not re.search(where, rt["originalLayersNames"].astype(str)):
+                continue
             if layer in ("Convolution", "Deconvolution", "FullyConnected", "MatMul"):
                 out.setdefault(layer, Counter())[rt["runtimePrecision"].astype(str)] += 1
         return {k: dict(v) for k, v in out.items()}

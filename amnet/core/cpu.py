@@ -5,6 +5,11 @@ oneDNN does, so a run under ``ONEDNN_MAX_CPU_ISA=AVX2`` reports (and picks
 precisions for) the AVX2 machine it emulates. Float precision policy for the
 float parts of INT8/FP16 variants: bf16 where the (capped) CPU has native bf16
 (AVX512-BF16 or AMX), f32 elsewhere; FP32 variants always compute f32.
+
+The GC path (the nine grouped convs and their weight heads) is never INT8 and computes in that same float
+precision: bf16 on bf16 CPUs. Keeping it f32 there was not measured on a bf16 machine yet; with bf16 GCs the
+INT8 gate passed on two AMX cores (44-47 dB, every face found). Each OpenVINO build records what its GC path
+ran in (manifest: ``actual_precision.gc_path``).
 """
 from __future__ import annotations
 
