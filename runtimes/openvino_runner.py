@@ -38,12 +38,13 @@ class OpenVinoRunner(Runner):
 
     def __init__(self, path, *, threads: int | None = None, precision: str | None = None, mode: str = "latency",
                  cache_dir: str | os.PathLike | None = None, compute: str | None = None, streams: int | None = None,
-                 hold_source: bool = False):
+                 hold_source: bool = False, perf_count: bool = False):
         super().__init__(path, threads=threads, precision=precision)
         if mode not in ("latency", "throughput"):
             raise InputError(f"OpenVINO mode must be 'latency' or 'throughput', got {mode!r}")
         self.mode, self.cache_dir, self.compute, self.streams = mode, cache_dir, compute, streams
         self.hold_source = hold_source
+        self.perf_count = perf_count  # per-node timings (benchmarks.profile_layers): the product's config plus this
         self.source_request = None  # hold_source: the encoder + cell 0 part, and the last source it ran on
         self._held: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -72,6 +73,8 @@ class OpenVinoRunner(Runner):
             config["NUM_STREAMS"] = self.streams
         if self.cache_dir:
             config["CACHE_DIR"] = str(self.cache_dir)
+        if self.perf_count:
+            config["PERF_COUNT"] = True
         self.inputs = [TensorSpec(i.get_any_name(), tuple(d.get_length() if d.is_static else None
                                                           for d in i.get_partial_shape()))
                        for i in model.inputs]

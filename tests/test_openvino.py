@@ -1,4 +1,5 @@
 """OpenVINO IR variants: build, read-back precision, runner modes, parity on held-out real inputs."""
+import json
 import os
 
 import numpy as np
@@ -267,7 +268,9 @@ def test_layer_profile_shows_what_ran_int8(ov_build):
     from benchmarks.profile_layers import main, profile
 
     d, arts = ov_build
-    totals, wall_ms, work = profile(d / arts["int8"]["file"], threads=2, runs=3)
+    totals, wall_ms, work, how = profile(d / arts["int8"]["file"], threads=2, runs=3)
+    # Compiled as the product runs it (was f32 always: on a bf16 CPU it profiled a model the product never runs).
+    assert how["compute"] == expected_float_compute() and how["mode"] == "latency" and how["precision"] == "int8"
     kernels = {}
     for (name, kernel), ms in totals.items():
         kernels.setdefault(name, set()).add(kernel)
@@ -277,7 +280,12 @@ def test_layer_profile_shows_what_ran_int8(ov_build):
     assert {"GC conv", "conv reading a GC output", "other conv", "MVN"} <= set(kernels)
     assert not any("I8" in k for k in kernels["conv reading a GC output"])
     assert any("I8" in k for k in kernels["other conv"])
-    assert main([str(d / arts["int8"]["name"]), "--runs", "1"]) == 0  # the logical name resolves
+    out = d.parent / f"{d.name}_profile.json"
+    assert main([str(d / arts["int8"]["name"]), "--runs", "1", "--json", str(out)]) == 0  # the logical name resolves
+    saved = json.loads(out.read_text())
+    assert saved["compute"] == how["compute"] and saved["rows"] and saved["layers_ms"] > 0
+    assert sum(r["share"] for r in saved["rows"]) == pytest.approx(1.0, abs=1e-3)
+    assert main([str(d / arts["int8"]["file"]), "--runs", "1", "--float-precision", "f32"]) == 0
     # GOP from the IR's shapes: the last conv (24 → 3, 7×7) at R², and every conv counted once in the rows.
     import openvino as ov
 
