@@ -17,11 +17,12 @@ are never from two builds; two builds into one folder serialise on the lock.
 Entries keep their logical ``name`` (no token) so users and tools can refer to
 ``amnet_full_b1_r256_ov_int8.xml``; ``open_entry`` maps it to the current file and verifies it.
 
-The sweep deletes only what this tool wrote: the lock file records the tokened
-files a publish is about to create and those the manifest just stopped listing
-(deleted by the next publish), and a pending or temp file is ours only in our
-exact pattern, for a logical name a manifest or this publish names, of a process
-that is gone. Anything else in the folder (a user's ``IMG.20231225ab.jpg``) stays.
+The sweep deletes only what this tool wrote: the manifest records, atomically
+with it, the tokened files a publish is about to create (``publishing``, before
+the renames) and those it no longer lists (``retired``, deleted by the next
+publish); a pending or temp file is ours only in our exact pattern, for a logical
+name a manifest or this publish names, of a process that is gone. Anything else
+in the folder (a user's ``IMG.20231225ab.jpg``) stays.
 """
 from __future__ import annotations
 
@@ -232,14 +233,13 @@ def refuse_unlisted(path: Path) -> None:
 
 @contextmanager
 def folder_lock(out_dir: Path):
-    """An exclusive lock on a build folder (flock: released by the kernel if the holder dies). Yields the lock
-    file, which holds the record of the tokened files this tool may delete (`_owned`)."""
+    """An exclusive lock on a build folder (flock: released by the kernel if the holder dies)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK, "a+") as f:
+    with open(out_dir / LOCK, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            yield f
+            yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
@@ -305,23 +305,24 @@ def without_token(name: str) -> str:
 def publish(stage: Stage, provenance: dict | None = None) -> dict:
     """Rename the staged files to content-tokened names and swap in the new manifest, under the folder lock."""
     out_dir = stage.dir
-    with folder_lock(out_dir) as record:
+    with folder_lock(out_dir):
         data = read(out_dir)
         previous = {f for a in data["artifacts"] for f in a["files"]}
-        owned = _owned(record)
+        owned = _owned(out_dir, data)
         plan = []  # (entry, [(pending, final, sha256)]): every final name known before any rename
         for entry, files in stage.items:
             shas = {_logical(p): file_sha256(p) for p in files}
             token = hashlib.sha256("".join(f"{n}:{s};" for n, s in sorted(shas.items())).encode()).hexdigest()
             plan.append((entry, [(p, with_token(_logical(p), token[:TOKEN_LEN]), shas[_logical(p)]) for p in files]))
+        finals = {final for _, moves in plan for _, final, _ in moves}
         # Recorded before the renames: a SIGKILL after them leaves files the next publish knows are ours.
-        _record(record, owned | {final for _, moves in plan for _, final, _ in moves})
+        write_text(out_dir / MANIFEST, json.dumps({**data, "publishing": sorted(owned | previous | finals)}) + "\n")
         for entry, moves in plan:
             for pending, final, _ in moves:
                 os.replace(pending, out_dir / final)
-            finals = {final: sha for _, final, sha in moves}
+            files = {final: sha for _, final, sha in moves}
             main = moves[0][1]
-            entry = {**entry, "file": main, "files": finals, "sha256": finals[main]}
+            entry = {**entry, "file": main, "files": files, "sha256": files[main]}
             if provenance:
                 entry["provenance"] = {**provenance, **entry.get("provenance", {})}
             data["artifacts"] = [a for a in data["artifacts"] if a["name"] != entry["name"]] + [entry]
@@ -332,34 +333,23 @@ def publish(stage: Stage, provenance: dict | None = None) -> dict:
 
             warnings.warn(f"{out_dir}/{MANIFEST} listed {', '.join(gone)} whose files are gone: dropped from it")
             data["artifacts"] = [a for a in data["artifacts"] if a["name"] not in gone]
+        current = {f for a in data["artifacts"] for f in a["files"]}
+        data.pop("publishing", None)
+        data["retired"] = sorted((owned | previous | finals) - current)  # the previous ones kept for its readers
         data["schema"] = SCHEMA
         data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_text(out_dir / MANIFEST, json.dumps(data, indent=1) + "\n")
-        current = {f for a in data["artifacts"] for f in a["files"]}
         ours = {a["name"] for a in data["artifacts"]} | {without_token(f) for f in current | previous}
         _sweep(out_dir, owned - current - previous, ours | {_logical(p) for _, m in plan for p, _, _ in m})
-        _record(record, previous - current)  # kept for readers of the manifest just replaced; deleted next time
     stage.items = []
     return data
 
 
-def _owned(record) -> set[str]:
-    """The tokened files the lock file records as written by this tool (an unreadable record: none)."""
-    record.seek(0)
-    try:
-        names = json.loads(record.read() or "[]")
-    except ValueError:
-        return set()
-    return {n for n in names if isinstance(n, str) and _plain(n) and _TOKENED.match(n)} if isinstance(names, list) \
-        else set()
-
-
-def _record(record, names: set[str]) -> None:
-    record.seek(0)
-    record.truncate()
-    record.write(json.dumps(sorted(names)))
-    record.flush()
-    os.fsync(record.fileno())
+def _owned(out_dir: Path, data: dict) -> set[str]:
+    """The tokened files on disk that the manifest records as this tool's (retired, or being published when a
+    publish was killed)."""
+    names = [n for key in ("retired", "publishing") if isinstance(data.get(key), list) for n in data[key]]
+    return {n for n in names if isinstance(n, str) and _plain(n) and _TOKENED.match(n) and (out_dir / n).is_file()}
 
 
 def _sweep(out_dir: Path, retired: set[str], logical_names: set[str]) -> None:
