@@ -6,13 +6,14 @@ thresholds.json: no variant is ever built without checks.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
 from amnet.core.errors import ArtifactError, InputError
-from amnet.core.fileio import tool_versions
+from amnet.core.fileio import refuse_overwriting, tool_versions
 from amnet.core.limits import load_limits
 from runtimes import registry
 
@@ -61,6 +62,19 @@ def require_limits(runtime: str, precisions) -> None:
                          "(a variant without checks is never built)")
 
 
+def refuse_output_over_input(model: Path, out_dir: Path) -> None:
+    """An --output that is the input file, or a folder holding it unlisted, is refused before any work: the input
+    would be replaced, or lie in a build folder whose manifest does not list it (refused from then on). Building
+    a folder into itself, or from a file its manifest lists, is the normal flow."""
+    if model.is_dir() and out_dir.exists() and os.path.samefile(model, out_dir):
+        return
+    refuse_overwriting(out_dir, model)
+    if model.is_file() and out_dir.is_dir() and os.path.samefile(model.parent, out_dir) \
+            and artifacts.open_entry(model, verify=False).entry is None:
+        raise InputError(f"--output {out_dir} holds the input {model.name}, which its {artifacts.MANIFEST} "
+                          "would not list: write the build to another folder")
+
+
 def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = None) -> dict:
     from amnet.core.progress import progress_bar
 
@@ -69,6 +83,7 @@ def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = No
     from export.onnx_export import OPSET, export_one, parity
 
     opts = opts or ExportOptions()
+    refuse_output_over_input(Path(checkpoint), Path(out_dir))
     require_limits("onnxruntime", [Precision.FP32])
     loaded = load_checkpoint(checkpoint)
     model = loaded.require_full()
@@ -98,6 +113,7 @@ def export_checkpoint(checkpoint, out_dir: Path, opts: ExportOptions | None = No
 def build(model: Path, runtime: str, out_dir: Path, opts: BuildOptions | None = None) -> dict:
     """Build a runtime's artifacts from an export folder, one .onnx, or a checkpoint (exported first)."""
     opts = opts or BuildOptions()
+    refuse_output_over_input(Path(model), Path(out_dir))
     backend = registry.get(runtime)
     unsupported = [str(p) for p in opts.precisions if p not in backend.precisions]
     if unsupported:
@@ -121,9 +137,11 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
     from export.onnx_export import read_export_metadata
 
     smooth = load_scope(opts.int8_scope).smooth_gc
-    if not model_path.exists():
-        raise InputError(f"model not found: {model_path}")
-    if model_path.suffix == ".onnx":
+    if model_path.suffix == ".onnx":  # a logical name, as `infer` takes it; a tampered export is never built from
+        opened = artifacts.open_entry(model_path)
+        if opened.entry is not None:
+            _refuse_failed_exports(opened.folder, [opened.entry])
+        model_path = opened.file
         meta = read_export_metadata(model_path)
         if meta["batch"] is None:
             raise InputError(f"{model_path.name} has a dynamic batch: builds need a fixed-batch export "
@@ -136,10 +154,9 @@ def fp32_onnx_inputs(model_path: Path, out_dir: Path, opts: BuildOptions) -> lis
             raise InputError(f"{opts.int8_scope} was measured on an export with `--smooth-gc {smooth}`; "
                              f"{model_path.name} has gc_smoothing={have}: re-export with "
                              f"`amnet-deploy export --smooth-gc {smooth}`")
-        found = artifacts.entry_for(model_path)
-        if found is not None:
-            _refuse_failed_exports(found[0], [found[1]])
-        return [artifacts.verified_file(model_path)]  # a tampered export must not become a trusted build
+        return [model_path]
+    if not model_path.exists():
+        raise InputError(f"model not found: {model_path}")
     if model_path.is_dir():  # the manifest records each export's smoothing: no file needs opening to match it
         files = _fp32_exports(model_path, artifacts.read(model_path), opts, smooth)
         if not files:
@@ -162,9 +179,7 @@ def _fp32_exports(folder: Path, manifest: dict, opts: BuildOptions, smooth: floa
               and a.get("resolution") == opts.resolution and a.get("gc_form") == opts.gc_form
               and a.get("gc_smoothing") == smooth]
     _refuse_failed_exports(folder, chosen)
-    for a in chosen:  # a tampered export must not become a trusted build
-        artifacts.verify(folder, a)
-    return [folder / a["file"] for a in chosen]
+    return [artifacts.open_entry(folder / a["file"]).file for a in chosen]  # a tampered export is never built from
 
 
 def _refuse_failed_exports(where, entries: list[dict]) -> None:

@@ -22,8 +22,9 @@ from typing import Callable
 
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision
-from amnet.core.errors import InputError, IntegrityError, RuntimeMissing
+from amnet.core.errors import ArtifactError, InputError, IntegrityError, RuntimeMissing
 from amnet.core.fileio import lazy_import
+from amnet.core.onnx_refs import external_data
 from amnet.core.runner import BucketedRunner, Runner
 
 
@@ -124,45 +125,33 @@ def for_path(path: Path) -> Backend:
 
 # ---------------------------------------------------------------- opening artifacts
 
-def _verify(path: Path, found: tuple | None, backend) -> None:
-    """The artifact's files against its manifest, companions included; a loose file in a build folder refused."""
-    if found is None:
-        artifacts.refuse_unlisted(path)
-        return
-    artifacts.verify(*found)
-    unlisted = [n for n in (Path(found[1]["file"]).with_suffix(s).name for s in backend.companions)
-                if n not in found[1]["files"]]
-    if unlisted:  # the runtime would read them unchecked
-        raise IntegrityError(f"{artifacts.MANIFEST} gives no sha256 for {', '.join(unlisted)}, which "
-                             f"{path.name} needs (damaged or hand-edited): rebuild it")
-
-
 def open_runner(path: str | Path, threads: int | None = None, precision: str | None = None, verify: bool = True,
                 runtime: str | None = None, **options) -> Runner:
     """A runner (not yet activated) for any model file or export folder.
 
-    Files listed in a manifest are checked against its sha256 first (``verify``);
-    a logical artifact name (without the content token) resolves to its current file.
+    Files listed in a manifest are checked against its sha256 first (``verify``), the runtime's companions and
+    an ONNX file's external data included; a logical artifact name (without the content token) resolves to its
+    current file (`artifacts.open_entry`).
     """
     path = Path(path)
     if path.is_dir():
         return _open_bucket_dir(path, threads, precision, verify, runtime, **options)
-    found = artifacts.entry_for(path)  # the manifest is read once: entry, current file and sha256 from it
-    if found is not None:
-        path = found[0] / found[1]["file"]  # a stale untokened file of the same name is never what runs
+    backend = get(runtime) if runtime else for_path(path)  # a logical name has its file's suffix (manifest rule)
+    try:
+        opened = artifacts.open_entry(path, verify, backend.companions)
+    except IntegrityError as e:  # what verify=False would run: the commands that open runners take --no-verify
+        raise IntegrityError(f"{e}, or pass --no-verify to run it anyway") from None
+    path, entry = opened.file, opened.entry  # a stale untokened file of the same name is never what runs
     if not path.exists():
         raise InputError(f"model not found: {path}")
-    backend = get(runtime) if runtime else for_path(path)
-    if verify:
-        try:
-            _verify(path, found, backend)
-        except IntegrityError as e:  # what verify=False would run: the commands that open runners take --no-verify
-            raise IntegrityError(f"{e}, or pass --no-verify to run it anyway") from None
-    if found is not None:
-        if precision and str(precision) != found[1]["precision"]:
-            raise InputError(f"{path.name} is the {found[1]['precision']} {found[1]['runtime']} artifact, "
+    if entry is not None:
+        if entry["runtime"] != backend.name:
+            raise ArtifactError(f"{artifacts.MANIFEST} says {entry['name']} is a {entry['runtime']} artifact, but "
+                                f"{path.name} is run by {backend.name} (damaged or hand-edited): rebuild it")
+        if precision and str(precision) != entry["precision"]:
+            raise InputError(f"{path.name} is the {entry['precision']} {entry['runtime']} artifact, "
                              f"not {precision}")
-        precision = precision or found[1]["precision"]
+        precision = precision or entry["precision"]
     unknown = sorted(set(options) - set(backend.options))
     if unknown:
         raise InputError(f"runtime {backend.name} has no option {', '.join(unknown)}")
@@ -170,6 +159,24 @@ def open_runner(path: str | Path, threads: int | None = None, precision: str | N
     if problem:
         raise RuntimeMissing(problem)
     return backend.load_runner()(path, threads=threads, precision=precision, **options)
+
+
+def files_read(path: str | Path) -> list[Path]:
+    """Every file that opening `path` (a model file, logical name or export folder) reads, so that a command's
+    output can be refused when it is one of them: an artifact's files, a loose file's companions, the manifest."""
+    path = Path(path)
+    if path.is_dir():
+        return [path / artifacts.MANIFEST] + [path / f for a in artifacts.read(path)["artifacts"] for f in a["files"]]
+    try:
+        entry = artifacts.open_entry(path, verify=False).entry
+    except InputError:  # not there: opening it will say so
+        return [path]
+    if entry is not None:
+        return [path, path.parent / artifacts.MANIFEST] + [path.parent / f for f in entry["files"]]
+    suffix = path.suffix.lower()
+    companions = [s for b in backends().values() if suffix in b.suffixes for s in b.companions]
+    external = external_data(path) if suffix == ".onnx" and path.is_file() else []
+    return [path] + [path.with_suffix(s) for s in companions] + [path.parent / loc for loc in external]
 
 
 def _open_bucket_dir(path: Path, threads, precision, verify, runtime, **options) -> Runner:

@@ -847,7 +847,10 @@ def test_a_folder_with_two_models_of_one_batch_names_them(small_build, tmp_path)
     build = copy_build(d, tmp_path / "b")
     manifest = json.loads((build / "manifest.json").read_text())
     entry = next(a for a in manifest["artifacts"] if a["name"] == "amnet_full_b1_r32.onnx")
-    manifest["artifacts"].append({**entry, "name": "amnet_full_b1_r32_gcs.onnx"})  # as `make run` leaves two INT8
+    twin = entry["file"].replace("amnet_full_b1_r32.", "amnet_full_b1_r32_gcs.")  # a file of its own (one owner)
+    (build / twin).write_bytes((build / entry["file"]).read_bytes())
+    manifest["artifacts"].append({**entry, "name": "amnet_full_b1_r32_gcs.onnx", "file": twin,  # as `make run`
+                                  "files": {twin: entry["sha256"]}})  # leaves two INT8
     (build / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match=r"amnet_full_b1_r32\.onnx, amnet_full_b1_r32_gcs\.onnx\): pass one of them"):
         open_runner(build, runtime="onnxruntime", precision="fp32")

@@ -53,11 +53,12 @@ INFER_CHUNK = 8  # samples per call for models without a fixed batch: bounded me
 def cmd_infer(args) -> int:
     import time
 
-    from amnet.core.fileio import check_output_path, save_npz
+    from amnet.core.fileio import check_output_path, refuse_overwriting, save_npz
     from amnet.core.runner import check_outputs, run_in_chunks
-    from runtimes.registry import open_runner
+    from runtimes.registry import files_read, open_runner
 
     check_output_path(args.output)  # before any work: a device, FIFO or folder is refused up front
+    refuse_overwriting(args.output, args.inputs, *files_read(args.model))  # the model, all its files, the inputs
     feeds = load_npz(args.inputs)
     if args.resolution and "source" in feeds:
         from amnet.realdata import resize_source

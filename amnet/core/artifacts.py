@@ -15,7 +15,14 @@ publish, for readers that read it a moment ago); a SIGKILL at any point leaves
 the previous build loadable (at worst some orphans, swept by the next publish); an IR's ``.xml`` and ``.bin``
 are never from two builds; two builds into one folder serialise on the lock.
 Entries keep their logical ``name`` (no token) so users and tools can refer to
-``amnet_full_b1_r256_ov_int8.xml``; ``resolve`` maps it to the current file.
+``amnet_full_b1_r256_ov_int8.xml``; ``open_entry`` maps it to the current file and verifies it.
+
+The sweep deletes only what this tool wrote: the manifest records, atomically
+with it, the tokened files a publish is about to create (``publishing``, before
+the renames) and those it no longer lists (``retired``, deleted by the next
+publish); a pending or temp file is ours only in our exact pattern, for a logical
+name a manifest or this publish names, of a process that is gone. Anything else
+in the folder (a user's ``IMG.20231225ab.jpg``) stays.
 """
 from __future__ import annotations
 
@@ -26,11 +33,13 @@ import os
 import re
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from amnet.core.errors import ArtifactError, InputError, IntegrityError
-from amnet.core.fileio import file_sha256, write_text
+from amnet.core.fileio import file_sha256, read_json, write_text
+from amnet.core.onnx_refs import external_data
 
 MANIFEST = "manifest.json"
 LOCK = ".manifest.lock"
@@ -69,9 +78,9 @@ def read(out_dir: Path) -> dict:
     if not path.is_file():
         return {"schema": SCHEMA, "artifacts": []}
     try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise ArtifactError(f"{path} is not valid JSON (delete it or use another folder)") from None
+        data = read_json(path, MANIFEST)
+    except InputError as e:  # not JSON, too deep or too big: the folder's fault, not the command line's
+        raise ArtifactError(f"{e} (delete it or use another folder)") from None
     arts = data.get("artifacts") if isinstance(data, dict) else None
     if not isinstance(arts, list) or not all(isinstance(a, dict) for a in arts):
         raise ArtifactError(f"{path} is not an amnet-deploy manifest (no list of artifacts)")
@@ -91,7 +100,25 @@ def read(out_dir: Path) -> dict:
                 or not all(isinstance(h, str) and _SHA256.match(h) for h in files.values())):
             raise ArtifactError(f"{path}: entry {a['name']!r} does not list its files by plain name with a "
                                 "sha256 each, its main file among them (damaged or hand-edited): rebuild it")
+        if Path(a["name"]).suffix.lower() != Path(a["file"]).suffix.lower():  # the name would run another runtime
+            raise ArtifactError(f"{path}: entry {a['name']!r} has the main file {a['file']}, of another kind "
+                                "(damaged or hand-edited): rebuild it")
+    _refuse_duplicates(path, arts)
     return data
+
+
+def _refuse_duplicates(path: Path, arts: list[dict]) -> None:
+    """One entry per name and per file: a second entry would decide what a name runs, or gate a file twice."""
+    names = [a["name"] for a in arts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ArtifactError(f"{path} lists {', '.join(twice)} twice (damaged or hand-edited): rebuild it")
+    owner: dict[str, str] = {}
+    for a in arts:
+        for f in {a["name"], *a["files"]}:
+            if owner.setdefault(f, a["name"]) != a["name"]:
+                raise ArtifactError(f"{path}: {f} belongs to both {owner[f]!r} and {a['name']!r} "
+                                    "(damaged or hand-edited): rebuild it")
 
 
 def _plain(name: str) -> bool:
@@ -101,6 +128,38 @@ def _plain(name: str) -> bool:
 
 def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A path, resolved: its folder, the manifest entry that lists it (None for a loose file), the file to read."""
+
+    folder: Path
+    entry: dict | None
+    file: Path
+
+
+def open_entry(path: Path, verify: bool = True, companions: tuple[str, ...] = ()) -> Opened:
+    """The one way from a path (on-disk or logical name) to the file to read, checked when ``verify``.
+
+    Listed: the entry's current file; verified, its files must have their sha256 and the entry must list every
+    file the artifact reads (the ``companions`` suffixes beside it, an ONNX file's external data). Loose (no
+    manifest beside it): the path as given, unverified, external data included (ONNX Runtime and onnx.load
+    refuse data outside the model's folder, through '..' or a link, themselves). A file that lies in a build
+    folder whose manifest does not list it is refused when verified.
+    """
+    path = Path(path)
+    found = entry_for(path)
+    if found is None:
+        if not path.exists():
+            raise InputError(f"model not found: {path}")
+        if verify:
+            refuse_unlisted(path)
+        return Opened(path.parent, None, path)
+    folder, entry = found
+    if verify:
+        check_files(folder, entry, companions)
+    return Opened(folder, entry, folder / entry["file"])
 
 
 def entry_for(path: Path) -> tuple[Path, dict] | None:
@@ -131,26 +190,36 @@ def resolve(path: Path) -> Path:
 
 
 def verify(folder: Path, entry: dict) -> None:
-    """Every file of an artifact is present and has the sha256 the manifest recorded."""
+    """Every file of an artifact is present and has the sha256 the manifest recorded, and none it reads is
+    left out (for callers that hold an entry already; open_entry checks a path)."""
+    check_files(folder, entry)
+
+
+def check_files(folder: Path, entry: dict, companions: tuple[str, ...] = ()) -> None:
+    """`verify`, and the entry lists every file the artifact reads: its runtime's `companions` (suffixes, as an
+    IR's .bin) and an ONNX file's external data."""
+    folder = Path(folder)
     for name, sha in entry["files"].items():
-        f = Path(folder) / name
+        f = folder / name
         if not f.is_file():
             raise ArtifactError(f"{name} is listed in {MANIFEST} but missing: rebuild it")
         if file_sha256(f) != sha:
             raise IntegrityError(f"{name} does not match the sha256 in {MANIFEST} (damaged or tampered): "
                                  "rebuild it")
+    main = Path(entry["file"])
+    needed = [main.with_suffix(s).name for s in companions]
+    if main.suffix.lower() == ".onnx":  # its hash is checked above, so the names it gives are the built ones
+        needed += external_data(folder / main)
+    unlisted = [n for n in needed if n not in entry["files"]]
+    if unlisted:  # the runtime would read them unchecked
+        raise IntegrityError(f"{MANIFEST} gives no sha256 for {', '.join(unlisted)}, which {main.name} needs "
+                             "(damaged or hand-edited): rebuild it")
 
 
 def verified_file(path: Path) -> Path:
     """The current file of `path`, checked against the sha256 its manifest records; a loose file (no manifest
     beside it) as it is. For files read as inputs (a build's ONNX, diagnose's source), as runners check theirs."""
-    path = Path(path)
-    found = entry_for(path)
-    if found is None:
-        refuse_unlisted(path)
-        return path
-    verify(*found)
-    return found[0] / found[1]["file"]
+    return open_entry(path).file
 
 
 def refuse_unlisted(path: Path) -> None:
@@ -176,10 +245,12 @@ def folder_lock(out_dir: Path):
 
 
 class Stage:
-    """Pending files of a build, published together by `publish` (or removed if the build fails)."""
+    """Pending files of a build, published together by `publish` (or removed if the build fails, with the
+    folder itself if this stage created it and nothing else is in it)."""
 
     def __init__(self, out_dir: Path):
         self.dir = Path(out_dir)
+        self.created = [d for d in (self.dir, *self.dir.parents) if not d.exists()]  # deepest first
         self.dir.mkdir(parents=True, exist_ok=True)
         self.items: list[tuple[dict, list[Path]]] = []
         self._n = 0
@@ -198,6 +269,11 @@ class Stage:
     def discard(self) -> None:
         for p in self.dir.glob(f".pending-{os.getpid()}-*"):
             p.unlink(missing_ok=True)
+        for d in self.created:  # an interrupted first build leaves no empty folder behind
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or not ours to remove any more): kept
+                break
 
     def __enter__(self):
         return self
@@ -219,23 +295,34 @@ def with_token(logical: str, token: str) -> str:
     return f"{stem}.{token}.{rest}"
 
 
+def without_token(name: str) -> str:
+    """with_token's inverse: the logical name of a published file (a name without a token as it is)."""
+    stem, _, rest = name.partition(".")
+    token, _, tail = rest.partition(".")
+    return f"{stem}.{tail}" if tail and re.fullmatch(f"[0-9a-f]{{{TOKEN_LEN}}}", token) else name
+
+
 def publish(stage: Stage, provenance: dict | None = None) -> dict:
     """Rename the staged files to content-tokened names and swap in the new manifest, under the folder lock."""
     out_dir = stage.dir
     with folder_lock(out_dir):
         data = read(out_dir)
         previous = {f for a in data["artifacts"] for f in a["files"]}
+        owned = _owned(out_dir, data)
+        plan = []  # (entry, [(pending, final, sha256)]): every final name known before any rename
         for entry, files in stage.items:
             shas = {_logical(p): file_sha256(p) for p in files}
             token = hashlib.sha256("".join(f"{n}:{s};" for n, s in sorted(shas.items())).encode()).hexdigest()
-            token = token[:TOKEN_LEN]
-            finals = {}
-            for p in files:
-                final = with_token(_logical(p), token)
-                os.replace(p, out_dir / final)
-                finals[final] = shas[_logical(p)]
-            main = with_token(_logical(files[0]), token)
-            entry = {**entry, "file": main, "files": finals, "sha256": finals[main]}
+            plan.append((entry, [(p, with_token(_logical(p), token[:TOKEN_LEN]), shas[_logical(p)]) for p in files]))
+        finals = {final for _, moves in plan for _, final, _ in moves}
+        # Recorded before the renames: a SIGKILL after them leaves files the next publish knows are ours.
+        write_text(out_dir / MANIFEST, json.dumps({**data, "publishing": sorted(owned | previous | finals)}) + "\n")
+        for entry, moves in plan:
+            for pending, final, _ in moves:
+                os.replace(pending, out_dir / final)
+            files = {final: sha for _, final, sha in moves}
+            main = moves[0][1]
+            entry = {**entry, "file": main, "files": files, "sha256": files[main]}
             if provenance:
                 entry["provenance"] = {**provenance, **entry.get("provenance", {})}
             data["artifacts"] = [a for a in data["artifacts"] if a["name"] != entry["name"]] + [entry]
@@ -246,23 +333,44 @@ def publish(stage: Stage, provenance: dict | None = None) -> dict:
 
             warnings.warn(f"{out_dir}/{MANIFEST} listed {', '.join(gone)} whose files are gone: dropped from it")
             data["artifacts"] = [a for a in data["artifacts"] if a["name"] not in gone]
+        current = {f for a in data["artifacts"] for f in a["files"]}
+        data.pop("publishing", None)
+        data["retired"] = sorted((owned | previous | finals) - current)  # the previous ones kept for its readers
         data["schema"] = SCHEMA
         data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_text(out_dir / MANIFEST, json.dumps(data, indent=1) + "\n")
-        _sweep(out_dir, {f for a in data["artifacts"] for f in a["files"]} | previous)
+        ours = {a["name"] for a in data["artifacts"]} | {without_token(f) for f in current | previous}
+        _sweep(out_dir, owned - current - previous, ours | {_logical(p) for _, m in plan for p, _, _ in m})
     stage.items = []
     return data
 
 
-def _sweep(out_dir: Path, live: set[str]) -> None:
-    """Delete tokened files that neither the new nor the previous manifest refers to, and pending/temp files
-    of processes that are gone."""
+def _owned(out_dir: Path, data: dict) -> set[str]:
+    """The tokened files on disk that the manifest records as this tool's (retired, or being published when a
+    publish was killed)."""
+    names = [n for key in ("retired", "publishing") if isinstance(data.get(key), list) for n in data[key]]
+    return {n for n in names if isinstance(n, str) and _plain(n) and _TOKENED.match(n) and (out_dir / n).is_file()}
+
+
+def _sweep(out_dir: Path, retired: set[str], logical_names: set[str]) -> None:
+    """Delete the tokened files this tool recorded that no manifest generation kept, and the pending/temp files
+    (in exactly our pattern, for a logical name of ours) of processes that are gone. Nothing else."""
+    for name in retired:
+        (out_dir / name).unlink(missing_ok=True)
     for p in out_dir.iterdir():
         m = _PENDING.match(p.name) or _TEMP.match(p.name)
-        if m and not _alive(int(m.group(1))):
+        if m and _is_ours(p.name, logical_names) and not _alive(int(m.group(1))) and p.is_file():
             p.unlink(missing_ok=True)
-        elif _TOKENED.match(p.name) and p.name not in live and p.is_file():
-            p.unlink(missing_ok=True)
+
+
+def _is_ours(name: str, logical_names: set[str]) -> bool:
+    """A pending file of one of our logical names, or atomic_write's temp file of one or of the manifest."""
+    pending = _PENDING.match(name)
+    if pending:
+        return pending.group(2) in logical_names
+    temp = _TEMP.match(name)
+    inner = name[1:temp.start(1) - 1] if temp else ""  # ".X.<pid>.tmp" → X
+    return bool(temp) and (inner == MANIFEST or _is_ours(inner, logical_names))
 
 
 def _alive(pid: int) -> bool:

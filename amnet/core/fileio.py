@@ -122,6 +122,10 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, EACCES: name the file the user asked for, not our hidden temp file
+        if e.filename is not None and Path(os.fsdecode(e.filename)) not in (tmp, path):
+            raise  # about another file the writer read: its own name is the right one
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
