@@ -32,12 +32,37 @@ MAX_RECONNECTS = 3  # per stream: a session refused (1013) or cut is opened agai
 CONNECT_TIMEOUT_S = 30.0  # a replica's first session finds its face with dlib: seconds on a busy machine
 
 
+def _bounded(what: str, kind, low, high):
+    """An argparse type: a finite ``kind`` in [low, high] (NaN and inf are usage errors)."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v) or not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be a number in [{low:g}, {high:g}], got {text!r}")
+        return v
+    return parse
+
+
+def _counts(text: str) -> list[int]:
+    """--sweep: comma-separated stream counts in [1, MAX_STREAMS]."""
+    one = _bounded("--sweep", int, 1, MAX_STREAMS)
+    values = sorted({one(v) for v in text.split(",") if v.strip()})
+    if not values:
+        return one(text)
+    return values
+
+
 def add_arguments(p) -> None:
-    from amnet.cli.args import number, positive
+    number = lambda what, low, high: _bounded(what, float, low, high)  # noqa: E731
+    positive = lambda what, high: _bounded(what, int, 1, high)  # noqa: E731
 
     p.add_argument("url", help="the serve base URL, e.g. http://127.0.0.1:8000 (ws:// is the same)")
     p.add_argument("--streams", type=positive("--streams", MAX_STREAMS), default=1)
-    p.add_argument("--sweep", help="comma-separated stream counts to run in turn (e.g. 1,2,4): the largest held")
+    p.add_argument("--sweep", type=_counts, help="comma-separated stream counts to run in turn (e.g. 1,2,4): the largest held")
     p.add_argument("--seconds", type=number("--seconds", 1, MAX_SECONDS), default=10.0, help="speech per stream")
     p.add_argument("--token", help="bearer token (default: $AMNET_SERVE_TOKEN)")
     p.add_argument("--audio", help="speech file (default: the shipped CMU ARCTIC clips, looped)")
@@ -263,16 +288,7 @@ def write_report(report: dict, folder: str) -> list[Path]:
 def main_args(args) -> int:
     import os
 
-    from amnet.cli.args import ints
-
-    counts = [args.streams]
-    if args.sweep:
-        try:
-            counts = ints(args.sweep)
-        except Exception as e:  # noqa: BLE001 - argparse's type error: the same one line
-            raise InputError(f"--sweep: {e}") from None
-        if max(counts) > MAX_STREAMS:
-            raise InputError(f"--sweep: at most {MAX_STREAMS} streams, got {max(counts)}")
+    counts = args.sweep or [args.streams]
     stream_url(args.url, args.allow_remote)  # refused before any work
     if args.report:
         from amnet.core.fileio import check_output_dir
