@@ -203,6 +203,27 @@ def test_metrics_count_what_was_served(server, inputs, dial):
     assert served(server) - before == len(headers)
 
 
+def test_offline_reenact_returns_an_mp4(server, inputs, tmp_path):
+    import httpx
+    import soundfile as sf
+
+    from amnet.reenact.media import probe
+
+    face, pcm = inputs
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, np.frombuffer(pcm[:RATE * 2], "<i2"), RATE, subtype="PCM_16")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    files = {"face": ("face.png", face, "image/png"), "audio": ("speech.wav", wav.read_bytes(), "audio/wav")}
+    r = httpx.post(server + "/v1/reenact", files=files, headers=auth, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+    (tmp_path / "out.mp4").write_bytes(r.content)
+    assert len(probe(tmp_path / "out.mp4")["frames"]) == 25  # 1 s at 25 fps
+    r = httpx.post(server + "/v1/reenact", files={**files, "face": ("face.png", b"not an image", "image/png")},
+                   headers=auth, timeout=TIMEOUT)
+    assert r.status_code == 400 and "face" in r.json()["error"]
+    assert httpx.post(server + "/v1/reenact", files=files, timeout=TIMEOUT).status_code == 401
+
+
 def test_loadtest_writes_its_report(server, tmp_path):
     from amnet.cli.main import main
 
