@@ -263,6 +263,28 @@ def test_serve_refuses_a_missing_model_a_bad_model_a_busy_port_and_a_remote_host
     assert not ray.is_initialized()
 
 
+NO_RAY = """
+import importlib.abc, sys
+class NoRay(importlib.abc.MetaPathFinder):  # as where the serve extra is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ray":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoRay())
+from amnet.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_without_the_serve_extra_says_what_to_install(small_build):
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", NO_RAY, "serve", str(small_build[0])], cwd=root, capture_output=True,
+                         text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 2 and "amnet-deploy[serve]" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
 def test_serve_refuses_a_missing_runtime(capsys, small_build):
     code, err = serve_cli(capsys, str(small_build[0]), "--runtime", "tensorrt")
     assert code == 2 and err.count("\n") == 1

@@ -137,7 +137,8 @@ def serve_forever(opts: ServeOptions) -> int:
         while True:
             time.sleep(3600)
     finally:
-        import ray
+        import sys
 
-        if ray.is_initialized():
+        ray = sys.modules.get("ray")  # not imported: not installed, or refused before it
+        if ray is not None and ray.is_initialized():
             stop()
