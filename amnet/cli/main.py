@@ -243,6 +243,25 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def cmd_serve(args) -> int:
+    from amnet.serve.local import ServeOptions, serve_forever
+
+    opts = ServeOptions(args.model, args.host, args.port, args.replicas, args.streams_per_replica, args.threads,
+                        args.token, args.max_session_s, args.runtime, args.precision, not args.no_verify)
+    if args.write_config:
+        from amnet.serve.config import write_config
+
+        print(f"Ray Serve config → {write_config(opts, args.write_config)} (deploy: serve deploy {args.write_config})")
+        return 0
+    return serve_forever(opts)
+
+
+def cmd_loadtest(args) -> int:
+    from benchmarks.loadtest import main_args
+
+    return main_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from amnet.core.artifacts import Precision
 
@@ -405,6 +424,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "are reverted to float until it holds")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("serve", help="a Ray Serve app on 127.0.0.1: live WebSocket streams, offline jobs, metrics")
+    s.add_argument("model", metavar="MODEL|BUILD_DIR", help="a built artifact, a checkpoint or a build folder "
+                   "(with --runtime/--precision)")
+    s.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
+    s.add_argument("--port", type=positive("--port", 65535), default=8000)
+    s.add_argument("--replicas", type=positive("--replicas"), default=1)
+    s.add_argument("--streams-per-replica", type=positive("--streams-per-replica"), default=4,
+                   help="live sessions a replica holds; more are refused with close code 1013")
+    s.add_argument("--threads", type=THREADS, help="runtime threads per replica (default: the cores shared out)")
+    s.add_argument("--token", help="bearer token (default: $AMNET_SERVE_TOKEN, else a random one printed once)")
+    s.add_argument("--max-session-s", type=number("--max-session-s", 1, 86400), default=600.0)
+    s.add_argument("--runtime", help="for a build folder: which runtime's artifacts (default onnxruntime)")
+    s.add_argument("--precision", help="for a build folder: which precision (default fp32)")
+    s.add_argument("--no-verify", action="store_true", help="run an artifact whose sha256 differs from its manifest")
+    s.add_argument("--write-config", metavar="FILE", help="write the Ray Serve config (serve deploy) and exit")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("loadtest", help="N WebSocket clients streaming real speech at 1× to a serve URL")
+    from benchmarks.loadtest import add_arguments
+
+    add_arguments(s)
+    s.set_defaults(func=cmd_loadtest)
 
     from amnet.cli.harness import add_commands
 

@@ -1,0 +1,322 @@
+"""`amnet-deploy serve` on a real local Ray Serve app (127.0.0.1), and `loadtest` against it.
+
+One app for the module: the small model exported at 32² (batch buckets 1 and 2) on ONNX Runtime, two
+sessions per replica. Every client here is a real WebSocket on loopback; every wait is bounded.
+"""
+import json
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the serve extra is not installed: pip install 'amnet-deploy[serve]'")
+pytest.importorskip("websockets", reason="the serve extra is not installed: pip install 'amnet-deploy[serve]'")
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.sync.client import connect  # noqa: E402
+
+from amnet.serve import protocol as wire  # noqa: E402
+from amnet.serve.metrics import parse  # noqa: E402
+
+TOKEN = "test-token-" + "x" * 16
+STREAMS = 3
+RATE = 16000  # the demo speech's own rate: the server resamples it
+TIMEOUT = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """(face PNG bytes, 16 kHz s16le speech bytes) from the shipped demo inputs."""
+    import soundfile as sf
+
+    from amnet.reenact.demo import write_inputs
+
+    face, speech = write_inputs(tmp_path_factory.mktemp("serve_inputs"), seconds=3.0)
+    samples, rate = sf.read(speech, dtype="int16")
+    assert rate == RATE
+    return face.read_bytes(), samples.astype("<i2").tobytes()
+
+
+@pytest.fixture(scope="module")
+def server(small_build):
+    from amnet.serve.local import ServeOptions, start, stop
+
+    url = start(ServeOptions(str(small_build[0]), port=free_port(), streams=STREAMS, threads=1, token=TOKEN,
+                             max_session_s=30), quiet=True)
+    try:
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture
+def dial():
+    """connect(), closed at the end of the test whatever happens."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        yield lambda url: stack.enter_context(connect(url, open_timeout=TIMEOUT, max_size=wire.MAX_FACE_BYTES))
+
+
+def ws_url(url: str, token: str | None = TOKEN) -> str:
+    return url.replace("http://", "ws://") + "/v1/stream" + (f"?token={token}" if token else "")
+
+
+def open_session(dial, url: str, face: bytes, token: str | None = TOKEN):
+    ws = dial(ws_url(url, token))
+    ws.send(wire.session_config(RATE))
+    ws.send(face)
+    ready = json.loads(ws.recv(timeout=TIMEOUT))
+    assert ready["type"] == "ready", ready
+    return ws, ready
+
+
+def read_frames(ws, limit: int | None = None) -> tuple[list[dict], list[bytes], dict | None]:
+    """Headers and pictures until done (or ``limit`` frames)."""
+    headers, pictures = [], []
+    while limit is None or len(headers) < limit:
+        header = json.loads(ws.recv(timeout=TIMEOUT))
+        if header["type"] == "done":
+            return headers, pictures, header
+        headers.append(header)
+        pictures.append(ws.recv(timeout=TIMEOUT))
+    return headers, pictures, None
+
+
+def close_code(ws) -> int:
+    """The close code the server sent, after reading whatever was still on its way."""
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            ws.recv(timeout=TIMEOUT)
+    return e.value.rcvd.code if e.value.rcvd else None
+
+
+def chunks(pcm: bytes, seconds: float = 0.02):
+    step = int(RATE * seconds) * 2
+    return [pcm[i:i + step] for i in range(0, len(pcm), step)]
+
+
+def served(url: str) -> float:
+    req = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+        values = parse(r.read().decode())
+    return sum(v for k, v in values.items() if k.startswith("amnet_frames_served_total"))
+
+
+def test_frames_come_back_in_order_with_headers(server, inputs, dial):
+    import cv2
+    from amnet import speech
+
+    face, pcm = inputs
+    pcm = pcm[:int(1.5 * RATE) * 2]  # within what a client may send ahead of the clock (AHEAD_S)
+    ws, ready = open_session(dial, server, face)
+    for c in chunks(pcm):
+        ws.send(c)
+    ws.send(wire.END)
+    headers, pictures, done = read_frames(ws)
+    frames = [h["frame"] for h in headers]
+    assert frames and frames == sorted(set(frames)), frames
+    due = speech.video_frames(len(pcm) // 2 * speech.SAMPLE_RATE // RATE, ready["fps"])
+    assert done["frames"] == len(frames) and frames[-1] == done["frames"] + done["dropped"] - 1  # the newest wins
+    assert abs(done["frames"] + done["dropped"] - due) <= 1  # the resampler's edge: a sample more or less
+    for h in headers:
+        assert h["t_audio"] == pytest.approx(h["frame"] / ready["fps"], abs=1e-3) and h["latency_ms"] >= 0
+    image = cv2.imdecode(np.frombuffer(pictures[0], np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (ready["resolution"], ready["resolution"], 3)
+    assert close_code(ws) == wire.NORMAL
+
+
+def test_wrong_or_missing_token_refused(server, inputs, dial):
+    for token in (None, "wrong-token-" + "y" * 16):
+        ws = dial(ws_url(server, token))
+        assert close_code(ws) == wire.POLICY
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server + "/metrics", timeout=TIMEOUT)
+    assert e.value.code == 401
+    with urllib.request.urlopen(server + "/healthz", timeout=TIMEOUT) as r:  # health needs no token
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_malformed_and_oversized_messages_close_only_their_session(server, inputs, dial):
+    face, pcm = inputs
+    good, _ = open_session(dial, server, face)
+    bad, _ = open_session(dial, server, face)
+    bad.send("not the end message")
+    assert close_code(bad) == wire.UNSUPPORTED
+    big, _ = open_session(dial, server, face)
+    big.send(b"\0" * (wire.MAX_PCM_BYTES + 2))
+    assert close_code(big) == wire.TOO_BIG
+    odd, _ = open_session(dial, server, face)
+    odd.send(b"\0" * 3)  # half a sample
+    assert close_code(odd) == wire.INVALID
+    for c in chunks(pcm[:RATE * 2]):  # 1 s: the good session still gets frames
+        good.send(c)
+    good.send(wire.END)
+    headers, _, done = read_frames(good)
+    assert headers and done["frames"] == len(headers)
+    good.close()
+
+
+def test_a_client_gone_mid_stream_does_not_hurt_the_other(server, inputs, dial):
+    face, pcm = inputs
+    stays, _ = open_session(dial, server, face)
+    leaves, _ = open_session(dial, server, face)
+    for c in chunks(pcm[:RATE * 2]):
+        leaves.send(c)
+    read_frames(leaves, limit=1)
+    leaves.close()  # mid-stream, frames still due to it
+    for c in chunks(pcm[:int(1.5 * RATE) * 2]):
+        stays.send(c)
+    stays.send(wire.END)
+    headers, _, done = read_frames(stays)
+    assert headers and done["frames"] == len(headers)
+    stays.close()
+
+
+def test_sessions_over_the_limit_get_try_again(server, inputs, dial):
+    face, _ = inputs
+    held = [open_session(dial, server, face)[0] for _ in range(STREAMS)]
+    extra = dial(ws_url(server))
+    assert close_code(extra) == wire.TRY_AGAIN
+    for ws in held:
+        ws.close()
+
+
+def test_metrics_count_what_was_served(server, inputs, dial):
+    face, pcm = inputs
+    before = served(server)
+    ws, _ = open_session(dial, server, face)
+    for c in chunks(pcm[:RATE * 2]):
+        ws.send(c)
+    ws.send(wire.END)
+    headers, _, _ = read_frames(ws)
+    ws.close()
+    assert served(server) - before == len(headers)
+
+
+def test_offline_reenact_returns_an_mp4(server, inputs, tmp_path):
+    import httpx
+    import soundfile as sf
+
+    from amnet.reenact.media import probe
+
+    face, pcm = inputs
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, np.frombuffer(pcm[:RATE * 2], "<i2"), RATE, subtype="PCM_16")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    files = {"face": ("face.png", face, "image/png"), "audio": ("speech.wav", wav.read_bytes(), "audio/wav")}
+    r = httpx.post(server + "/v1/reenact", files=files, headers=auth, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+    (tmp_path / "out.mp4").write_bytes(r.content)
+    assert len(probe(tmp_path / "out.mp4")["frames"]) == 25  # 1 s at 25 fps
+    r = httpx.post(server + "/v1/reenact", files={**files, "face": ("face.png", b"not an image", "image/png")},
+                   headers=auth, timeout=TIMEOUT)
+    assert r.status_code == 400 and "face" in r.json()["error"]
+    assert httpx.post(server + "/v1/reenact", files=files, timeout=TIMEOUT).status_code == 401
+
+
+def test_loadtest_writes_its_report(server, tmp_path):
+    from amnet.cli.main import main
+
+    code = main(["loadtest", server, "--streams", "2", "--seconds", "3", "--token", TOKEN,
+                 "--report", str(tmp_path), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "loadtest.json").read_text())
+    (run,) = report["runs"]
+    assert run["streams"] == 2 and len(run["per_stream"]) == 2
+    assert all(s["frames"] > 0 and s["frames"] + s["dropped"] == s["frames_due"] for s in run["per_stream"])
+    assert (tmp_path / "loadtest.md").is_file() and (tmp_path / "loadtest.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- before Ray starts: one line, exit 2
+
+def serve_cli(capsys, *argv) -> tuple[int, str]:
+    from amnet.cli.main import main
+
+    code = main(["serve", *argv])
+    return code, capsys.readouterr().err
+
+
+def test_serve_refuses_a_missing_model_a_bad_model_a_busy_port_and_a_remote_host(capsys, tmp_path, small_build):
+    code, err = serve_cli(capsys, str(tmp_path / "nothing.onnx"))
+    assert code == 2 and "model not found" in err and err.count("\n") == 1
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    code, err = serve_cli(capsys, str(bad))
+    assert code == 2 and "bad.onnx" in err and err.count("\n") == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, err = serve_cli(capsys, str(small_build[0]), "--port", str(busy.getsockname()[1]))
+    assert code == 2 and "--port" in err and err.count("\n") == 1
+    code, err = serve_cli(capsys, str(small_build[0]), "--host", "0.0.0.0")
+    assert code == 2 and "loopback" in err and err.count("\n") == 1
+    assert not ray.is_initialized()
+
+
+NO_RAY = """
+import importlib.abc, sys
+class NoRay(importlib.abc.MetaPathFinder):  # as where the serve extra is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ray":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoRay())
+from amnet.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_without_the_serve_extra_says_what_to_install(small_build):
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", NO_RAY, "serve", str(small_build[0])], cwd=root, capture_output=True,
+                         text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 2 and "amnet-deploy[serve]" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_serve_refuses_a_missing_runtime(capsys, small_build):
+    code, err = serve_cli(capsys, str(small_build[0]), "--runtime", "tensorrt")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_loadtest_refuses_a_remote_host(capsys):
+    from amnet.cli.main import main
+
+    assert main(["loadtest", "http://192.0.2.1:8000", "--streams", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "not a loopback address" in err and err.count("\n") == 1
+
+
+def test_the_written_config_is_a_serve_deploy_config(tmp_path, small_build, monkeypatch):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from amnet.cli.main import main
+    from amnet.serve.app import HEADROOM, build_app
+
+    out = tmp_path / "serve.yaml"
+    assert main(["serve", str(small_build[0]), "--replicas", "2", "--streams-per-replica", "3", "--threads", "1",
+                 "--write-config", str(out)]) == 0
+    config = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    (app,) = config.applications
+    (deployment,) = app.deployments
+    assert deployment.num_replicas == 2 and deployment.max_ongoing_requests == 3 + HEADROOM
+    assert deployment.ray_actor_options.num_cpus == 1
+    assert app.args["model"] == str(small_build[0].resolve())
+    assert "token" not in app.args  # no secret in the file: the nodes read AMNET_SERVE_TOKEN
+    monkeypatch.delenv("AMNET_SERVE_TOKEN", raising=False)
+    with pytest.raises(Exception, match="AMNET_SERVE_TOKEN"):
+        build_app(app.args)
+    monkeypatch.setenv("AMNET_SERVE_TOKEN", TOKEN)
+    assert type(build_app(app.args)).__name__ == "Application"
