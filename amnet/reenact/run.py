@@ -490,3 +490,22 @@ def stream(job: Job) -> int:
                 return out.frames
 
 
+def next_frame(done: int, ready: int, waited, period: float, drop_late: bool) -> int:
+    """The frame to compute next of the ready ones [done, ready): the oldest; with drop_late the oldest that has
+    waited (`waited(i)`, seconds since its window was complete) at most a frame period, else the newest."""
+    if not drop_late:
+        return done
+    return next((i for i in range(done, ready) if waited(i) <= period), ready - 1)
+
+
+def _take(chunks: queue.Queue, block: bool) -> list:
+    """The chunks queued so far (waiting for one first if `block`); None marks the end, an exception a failure."""
+    taken = [chunks.get()] if block else []
+    while (not taken or taken[-1] is not None and not isinstance(taken[-1], BaseException)) and not chunks.empty():
+        taken.append(chunks.get_nowait())
+    return taken
+
+
+def _extend(values: np.ndarray, n: int) -> np.ndarray:
+    """Hold the last pose/eye for a stdin stream that outlasts the precomputed schedule."""
+    return np.concatenate([values, np.repeat(values[-1:], n - len(values), 0)])
