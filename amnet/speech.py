@@ -221,16 +221,42 @@ def video_frames(samples: int, fps: float) -> int:
 
 
 SILENCE = 1e-3  # peak below -60 dBFS: nothing to drive the mouth with
+# Float PCM is nominally within ±1; a sample a thousand times louder is a broken file (1e30 makes AAC fail).
+MAX_SAMPLE = 1e3
+
+
+class SpeechCheck:
+    """check_speech a chunk at a time, for audio that is streamed rather than held: ``push`` each chunk
+    (non-finite or absurd samples are refused at once), then ``finish`` (too short or silent)."""
+
+    def __init__(self, name, rate: int = SAMPLE_RATE):
+        self.name, self.rate = name, rate
+        self.samples, self.peak = 0, 0.0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        if not np.isfinite(samples).all():
+            raise InputError(f"{self.name} holds NaN or infinite samples")
+        peak = float(np.abs(samples).max(initial=0.0))
+        if peak > MAX_SAMPLE:
+            raise InputError(f"{self.name} holds a sample of magnitude {peak:.3g}, over {MAX_SAMPLE:g} "
+                             "(speech is within ±1): not a real recording")
+        self.samples += len(samples)
+        self.peak = max(self.peak, peak)
+        return samples
+
+    def finish(self) -> int:
+        """The number of samples, once they are enough speech to drive a face."""
+        if self.samples < self.rate // 10:
+            raise InputError(f"{self.name}: {self.samples / self.rate:.2f} s of audio, need at least 0.1 s")
+        if self.peak < SILENCE:
+            raise InputError(f"{self.name} is silent (peak below -60 dBFS): nothing to drive the mouth with")
+        return self.samples
 
 
 def check_speech(samples: np.ndarray, name, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Speech samples fit to drive a face: at least 0.1 s, finite, not silent; else one InputError."""
-    from amnet.core.errors import InputError
-
-    if len(samples) < rate // 10:
-        raise InputError(f"{name}: {len(samples) / rate:.2f} s of audio, need at least 0.1 s")
-    if not np.isfinite(samples).all():
-        raise InputError(f"{name} holds NaN or infinite samples")
-    if np.abs(samples).max() < SILENCE:
-        raise InputError(f"{name} is silent (peak below -60 dBFS): nothing to drive the mouth with")
+    """Speech samples fit to drive a face: at least 0.1 s, finite, within ±MAX_SAMPLE, not silent; else one
+    InputError."""
+    check = SpeechCheck(name, rate)
+    check.push(samples)
+    check.finish()
     return samples

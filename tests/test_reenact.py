@@ -262,10 +262,13 @@ def test_known_faces_are_embedded_once_then_read_from_the_cache(tmp_path, monkey
 
 def test_default_model_is_the_last_recommendation(ov_build, tmp_path):
     from amnet import default_checkpoint
+    from amnet.core.errors import InputError
     from amnet.reenact.run import default_model
 
     d, arts = ov_build
-    assert default_model(128, tmp_path) == (str(default_checkpoint()), "the shipped checkpoint")
+    assert default_model(128) == (str(default_checkpoint()), "the shipped checkpoint")
+    with pytest.raises(InputError, match="choose_128.json"):  # a report folder named, but no report in it
+        default_model(128, tmp_path)
     (tmp_path / "choose_128.json").write_text(json.dumps(
         {"build": str(d), "recommended": {"file": arts["int8"]["file"], "runtime": "openvino"}}))
     path, why = default_model(None, tmp_path)

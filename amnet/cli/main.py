@@ -115,7 +115,7 @@ def cmd_reenact(args) -> int:
     warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
     summary = reenact(Options(
         source=args.source, audio=args.audio, output=args.output, model=args.model, runtime=args.runtime,
-        precision=args.precision, drive=args.drive, pose=args.pose, resolution=args.resolution, fps=args.fps,
+        precision=args.precision, drive=args.drive, from_report=args.from_report, pose=args.pose, resolution=args.resolution, fps=args.fps,
         side_by_side=args.side_by_side, stream=args.stream, drop_late=args.drop_late, pcm_rate=args.pcm_rate,
         threads=args.threads, no_verify=args.no_verify, progress=not args.quiet, warn=warn))
     if args.json:
@@ -135,7 +135,7 @@ def cmd_reenact(args) -> int:
                f"{lat['end_over_floor_max']} ms above their floor" if lat["end_frames"] else "")
         live = (f"{lat['live_over_floor_p99']} ms over the {lat['live_frames']} live frames" if lat["live_frames"]
                 else "no live frames, every window reaches past the audio's end")
-        print(f"latency from a frame's audio centre to its encoded frame: p50 {lat['p50']} ms, p99 {lat['p99']} ms "
+        print(f"latency from the arrival of a frame's audio centre to its encoded frame: p50 {lat['p50']} ms, p99 {lat['p99']} ms "
               f"(the centred window's floor: {lat['floor_p50']} ms; p99 above it: {live}, "
               f"{lat['over_floor_p99']} ms over all{end}){dropped}")
     return 0
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_signals)
 
+    from amnet.reenact.media import MAX_RATE, MIN_RATE
+
     s = sub.add_parser(
         "reenact", help="speech + a face → a talking-head MP4 (any built runtime; offline or --stream)",
         description="Speech + a face → a talking-head MP4 with the speech as its sound track. The shipped model "
@@ -309,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, metavar="OUT.mp4", help="H.264 (else MPEG-4) + AAC; written to a "
                    "temp file and renamed when complete")
     s.add_argument("--model", help="a checkpoint, a built artifact or a build folder (with --runtime/--precision); "
-                   "default: the variant `choose` recommended in reports/latest (make run), else the shipped model")
+                   "default: the shipped checkpoint (or --from-report's recommendation)")
+    s.add_argument("--from-report", metavar="DIR", help="without --model: the variant `choose` recommended in this "
+                   "report folder (make run writes reports/latest)")
     s.add_argument("--runtime", help="for a build folder: which runtime's artifacts (default onnxruntime)")
     s.add_argument("--precision", help="for a build folder: which precision (default fp32)")
     s.add_argument("--drive", metavar="VIDEO", help="take head pose and blinks per frame from this video")
@@ -322,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-late", action="store_true", help="--stream on a CPU slower than real time: skip frames "
                    "already a frame period late and repeat the next computed one (bounded latency, fewer distinct frames)")
     s.add_argument("--no-verify", action="store_true", help="run an artifact whose sha256 differs from its manifest")
-    s.add_argument("--pcm-rate", type=positive("--pcm-rate", 384000), default=44100,
-                   help="sample rate of PCM on stdin (up to 384 kHz)")
+    s.add_argument("--pcm-rate", type=int, default=44100, help=f"sample rate of PCM on stdin "
+                   f"({MIN_RATE // 1000}–{MAX_RATE // 1000} kHz)")
     s.add_argument("--threads", type=THREADS)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     float_precision_arg(s)

