@@ -89,7 +89,8 @@ class Fuser(nn.Module):
         f_audio = self.audio_fc(self.audio_time(self.audio_feat(audio)).flatten(1))
         fused = self.fuse_mlp(torch.cat([f_audio, self.pose_mlp(pose), self.eye_mlp(eye)], dim=1))
         if self.mean_var_norm:
-            f_geo = _standardise(fused, (1,), 1e-5)
+            # As N×1×1×256 over its last two dims: XNNPACK's mean takes that (an InstanceNorm's), not a 2-D one.
+            f_geo = _standardise(fused.reshape(-1, 1, 1, GEO_DIM), (2, 3), 1e-5).reshape(fused.shape)
         else:
             f_geo = F.layer_norm(fused, (GEO_DIM,), eps=1e-5)  # per-sample standardisation, no affine
         return f_geo, self.landmark_head(f_geo)

@@ -236,3 +236,9 @@ register(Backend(
     hint="pip install 'amnet-deploy[mobile]' (building: 'amnet-deploy[mobile-build]')", builds_from="checkpoint",
     description="LiteRT (TensorFlow Lite) interpreter with its XNNPACK delegate, as on Android/iOS: "
                 "FP32, FP16 weights"))
+register(Backend(
+    "executorch", (".pte",), "runtimes.executorch_runner:ExecuTorchRunner", precisions=(Precision.FP32,),
+    builder="export.executorch_build:build",
+    requires=(Requirement("executorch", None, "executorch"), Requirement("torch", "2.6")),
+    hint="pip install 'amnet-deploy[mobile]' (ExecuTorch; its Python runtime needs torch)", builds_from="checkpoint",
+    description="ExecuTorch program lowered to XNNPACK, as on Android/iOS: FP32"))
