@@ -6,6 +6,8 @@ are positional (source, audio, pose, eye), as traced; what the file was built fr
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from amnet.core import artifacts
@@ -21,6 +23,8 @@ class ExecuTorchRunner(Runner):
     name = "executorch"
 
     def _activate(self):
+        for noisy in ("torchao", "torch.utils._pytree"):  # their import-time notices are not this command's output
+            logging.getLogger(noisy).setLevel(logging.ERROR)
         runtime = lazy_import("executorch.runtime", HINT, None, "executorch")
         import torch
 
