@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first, so nothing later pulls a CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.6,<2.14" --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/pip install -q -e ".[export,signals,test,serve]"
+	$(BIN)/pip install -q -e ".[export,signals,test,serve,mobile,mobile-build]" "torch==2.13.0"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -6,6 +6,7 @@ D 2,766,913) are asserted by the tests.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from amnet.core.errors import InputError
 
-GC_FORMS = ("loop", "grouped", "elementwise")
+GC_FORMS = ("loop", "grouped", "elementwise", "mobile")
 AUDIO_DELTAS = ("official", "time")
 GEO_DIM = 256
 
@@ -82,12 +83,24 @@ class Fuser(nn.Module):
         self.eye_mlp = _mlp([2, 64, 64, 64])
         self.fuse_mlp = _mlp([384, 256, 256, GEO_DIM])
         self.landmark_head = nn.Linear(GEO_DIM, landmarks)
+        self.mean_var_norm = False  # set by `mobile_form`: the standardisation as mean / var, not layer_norm
 
     def forward(self, audio: torch.Tensor, pose: torch.Tensor, eye: torch.Tensor):
         f_audio = self.audio_fc(self.audio_time(self.audio_feat(audio)).flatten(1))
         fused = self.fuse_mlp(torch.cat([f_audio, self.pose_mlp(pose), self.eye_mlp(eye)], dim=1))
-        f_geo = F.layer_norm(fused, (GEO_DIM,), eps=1e-5)  # per-sample standardisation, no affine
+        if self.mean_var_norm:
+            # As N×1×1×256 over its last two dims: XNNPACK's mean takes that (an InstanceNorm's), not a 2-D one.
+            f_geo = _standardise(fused.reshape(-1, 1, 1, GEO_DIM), (2, 3), 1e-5).reshape(fused.shape)
+        else:
+            f_geo = F.layer_norm(fused, (GEO_DIM,), eps=1e-5)  # per-sample standardisation, no affine
         return f_geo, self.landmark_head(f_geo)
+
+
+def _standardise(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+    """(x − mean) / sqrt(biased var + eps) over ``dims``: layer_norm / instance_norm without affine, written as
+    the reductions and elementwise ops every mobile delegate takes."""
+    centred = x - x.mean(dims, keepdim=True)
+    return centred * torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
 
 
 def _cir(cin: int, cout: int, k: int, stride: int = 1, relu: bool = True, groups: int = 1) -> list[nn.Module]:
@@ -133,8 +146,10 @@ class GeometricController(nn.Module):
     Three forward forms compute the same thing:
     ``loop`` (one conv per sample, the reference), ``grouped`` (the batch folded
     into channels so one grouped conv serves every sample: the export form, with
-    groups = N·C fixed by N), and ``elementwise`` (broadcast multiply-adds that
-    keep the batch dimension dynamic).
+    groups = N·C fixed by N), ``elementwise`` (broadcast multiply-adds that
+    keep the batch dimension dynamic), and ``mobile`` (elementwise with every tap
+    a slice, of the padded input and of the weight: the on-device form, see
+    `mobile_form`).
     """
 
     def __init__(self, channels: int, kernel: int = 1, form: str = "loop"):
@@ -169,6 +184,17 @@ class GeometricController(nn.Module):
             for i in range(k):
                 for j in range(k):
                     out = out + xp[:, :, i:i + h, j:j + w] * weight[:, :, i, j].reshape(n, c, 1, 1)
+            return out
+        if self.form == "mobile":
+            # XNNPACK delegates a conv only when its weight is constant, so the computed depthwise weight is
+            # multiply-adds instead; a tap taken by indexing (weight[:, :, i, j]) is a `select` that ExecuTorch
+            # leaves off the delegate, a slice is not.
+            pad = k // 2
+            xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+            out = bias.reshape(n, c, 1, 1)
+            for i in range(k):
+                for j in range(k):
+                    out = out + xp[:, :, i:i + h, j:j + w] * weight[:, :, i:i + 1, j:j + 1]
             return out
         if self.form == "loop":
             return torch.cat([
@@ -308,6 +334,43 @@ class AMNet(nn.Module):
     def forward(self, source, audio, pose, eye):
         f_geo, landmarks = self.fuser(audio, pose, eye)
         return self.reenactor(source, f_geo), landmarks
+
+
+class InstanceNormMeanVar(nn.Module):
+    """`nn.InstanceNorm2d` without affine or running stats, written as mean and biased variance.
+
+    ExecuTorch lowers InstanceNorm2d to `_native_batch_norm_legit.no_stats` + `repeat`, which XNNPACK does not
+    take; these reductions and elementwise ops it does (LiteRT delegates both ways).
+    """
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _standardise(x, (2, 3), self.eps)
+
+
+def mobile_form(model: AMNet) -> AMNet:
+    """A copy of ``model`` in the on-device export form: the GC in its ``mobile`` form, InstanceNorm and the
+    fuser's layer_norm as mean/var (ExecuTorch keeps both off XNNPACK otherwise).
+
+    The same function as the loop form (tests/test_mobile.py); meant for a fixed batch (1 by default in the
+    builders): a symbolic batch leaves the taps' slices off ExecuTorch's delegate. The GC heads stay per GC
+    (Linear layers, which the delegate takes), never `GCHeads` (whose per-GC outputs are `select`s).
+    """
+    mobile = copy.deepcopy(model).eval()
+    mobile.reenactor.gc_heads = None
+    for parent in mobile.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.InstanceNorm2d):
+                if child.affine or child.track_running_stats:
+                    raise InputError(f"{name}: only InstanceNorm2d without affine or running stats has a "
+                                     "mean/var form here")
+                setattr(parent, name, InstanceNormMeanVar(child.eps))
+    mobile.fuser.mean_var_norm = True
+    mobile._set_gc_form("mobile")
+    return mobile
 
 
 class ReenactorHalf(nn.Module):

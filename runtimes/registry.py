@@ -236,3 +236,16 @@ register(Backend(
     requires=(Requirement("tensorrt", "10.0"), Requirement("cuda.bindings", None, "cuda-python")),
     build_requires=(Requirement("onnx", "1.17"),), hint=TRT_HINT, options=("cuda_graph",),
     description="strongly typed TensorRT 10/11 engines on an NVIDIA GPU"))
+register(Backend(
+    "litert", (".tflite",), "runtimes.litert_runner:LiteRTRunner", precisions=(Precision.FP32, Precision.FP16),
+    builder="export.litert_build:build", requires=(Requirement("ai_edge_litert", None, "ai-edge-litert"),),
+    build_requires=(Requirement("torch", "2.6"), Requirement("litert_torch", None, "litert-torch")),
+    hint="pip install 'amnet-deploy[mobile]' (building: 'amnet-deploy[mobile-build]')", builds_from="checkpoint",
+    description="LiteRT (TensorFlow Lite) interpreter with its XNNPACK delegate, as on Android/iOS: "
+                "FP32, FP16 weights"))
+register(Backend(
+    "executorch", (".pte",), "runtimes.executorch_runner:ExecuTorchRunner", precisions=(Precision.FP32,),
+    builder="export.executorch_build:build",
+    requires=(Requirement("executorch", None, "executorch"), Requirement("torch", "2.6")),
+    hint="pip install 'amnet-deploy[mobile]' (ExecuTorch; its Python runtime needs torch)", builds_from="checkpoint",
+    description="ExecuTorch program lowered to XNNPACK, as on Android/iOS: FP32"))
