@@ -171,7 +171,7 @@ def cmd_train(args) -> int:
     result = train({k: np.asarray(v) for k, v in data.items()}, Path(args.output), cfg,
                    TrainConfig(args.epochs, args.batch, args.lr, args.resolution, args.minutes, threads=args.threads,
                                decay_from=args.decay_from, flip=args.flip, crop=args.crop),
-                   resume=args.resume, init=args.init)
+                   resume=args.resume, init=args.init, overwrite=args.overwrite)
     last = result["history"][-1] if result["history"] else {}
     print(f"{result['steps']} steps; last epoch {json.dumps(last)} → {result['checkpoint']}")
     return 0
@@ -337,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=number("--minutes", 0, above=True),
                    help="stop after this much wall time (checkpoint kept)")
     s.add_argument("--threads", type=THREADS)
-    s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
+    again = s.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a run folder that already holds a run, replacing it")
     s.add_argument("--crop", type=positive("--crop"), metavar="PX",
                    help="train on random PX×PX windows of the --resolution pairs (a quarter of the cost at half the "
                         "side; but InstanceNorm over a window is not over the face: the 256² fine-tune stalled on "
