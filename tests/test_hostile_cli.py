@@ -51,3 +51,17 @@ def test_train_refuses_to_replace_a_run_without_resume_or_overwrite(tmp_path, ca
     assert {p.name: file_sha256(p) for p in run.iterdir()} == before  # the trained run is untouched
     assert run_cli(capsys, *base, "--overwrite")[0] == 0
     assert file_sha256(run / "amnet.safetensors") != before["amnet.safetensors"]
+
+
+# ---------------------------------------------------------------- 2. AMNET_BACKENDS plugins that exit or raise
+
+@pytest.mark.parametrize("body, said", [("import sys\nsys.exit(0)\n", "sys.exit(0)"),
+                                        ("raise RuntimeError('plugin broke')\n", "raised RuntimeError while being imported: plugin broke")])
+@pytest.mark.parametrize("argv", [["parity", "--help"], ["info"]])
+def test_a_plugin_that_exits_or_raises_is_one_line_naming_it(tmp_path, body, said, argv):
+    (tmp_path / "hostile_plugin.py").write_text(body)
+    r = subprocess_cli(*argv, env_extra={"AMNET_BACKENDS": "hostile_plugin",
+                                         "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+    assert r.returncode == EXIT_USAGE, (r.returncode, r.stdout, r.stderr)
+    one_line_error(r.stderr, "'hostile_plugin'", said)
+    assert "internal error" not in r.stderr and not r.stdout

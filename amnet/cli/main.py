@@ -445,14 +445,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    command = "?"
+    prog = "amnet-deploy"  # its command once parsed: the parser itself loads AMNET_BACKENDS plugins, which may fail
     try:
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
             return e.code if isinstance(e.code, int) else EXIT_USAGE
-        command = args.command
+        prog = f"amnet-deploy {args.command}"
         empty = [k for k in ("output", "report", "train_output", "scope_out", "grid")
                  if isinstance(getattr(args, k, None), str) and not getattr(args, k).strip()]
         if empty:  # Path("") is the current folder: an empty name must not write there
@@ -461,26 +461,26 @@ def _main(argv: list[str] | None) -> int:
             from amnet.core.cpu import FLOAT_PRECISION_ENV
 
             os.environ[FLOAT_PRECISION_ENV] = args.float_precision  # runners, and benchmark children, read it
-        if getattr(args, "precision", None) is None and command == "build":
+        if getattr(args, "precision", None) is None and args.command == "build":
             args.precision = [str(p) for p in registry.get(args.runtime).precisions]
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings
             warnings.filterwarnings("once", category=UserWarning, module="amnet")
             return args.func(args)
     except AmnetError as e:
-        print(f"amnet-deploy {command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except ImportError as e:  # an optional extra this command needs (the torch-free install has none)
         top = (e.name or "").split(".")[0]
         extra = EXTRAS.get(top)
         if extra is None:
-            return _internal_error(command, e)
-        print(f"amnet-deploy {command}: error: this command needs {top}, which is not installed: "
+            return _internal_error(prog, e)
+        print(f"{prog}: error: this command needs {top}, which is not installed: "
               f"pip install 'amnet-deploy[{extra}]'", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # disk full, read-only folder, permission denied: the user's to fix
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"amnet-deploy {command}: error: {_one_line(e.strerror or e)}{_one_line(where)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(e.strerror or e)}{_one_line(where)}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated:
         print("terminated", file=sys.stderr)
@@ -489,13 +489,13 @@ def _main(argv: list[str] | None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and an exit code no gate reads as "failed"
-        return _internal_error(command, e)
+        return _internal_error(prog, e)
 
 
-def _internal_error(command: str, e: Exception) -> int:
+def _internal_error(prog: str, e: Exception) -> int:
     if os.environ.get("AMNET_DEBUG"):
         raise e
     what = f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__  # named once, not twice
-    print(f"amnet-deploy {command}: internal error: {what} "
+    print(f"{prog}: internal error: {what} "
           "(please report it; AMNET_DEBUG=1 shows the traceback)", file=sys.stderr)
     return EXIT_INTERNAL
