@@ -65,3 +65,50 @@ def test_a_plugin_that_exits_or_raises_is_one_line_naming_it(tmp_path, body, sai
     assert r.returncode == EXIT_USAGE, (r.returncode, r.stdout, r.stderr)
     one_line_error(r.stderr, "'hostile_plugin'", said)
     assert "internal error" not in r.stderr and not r.stdout
+
+
+# ---------------------------------------------------------------- 3. INT8 scope files: hostile patterns, smooth_gc
+
+def scope_file(tmp_path, extra_patterns=(), **fields) -> Path:
+    import json
+
+    from export.int8_scope import ALWAYS_FLOAT, SCOPE_FORMAT
+
+    path = tmp_path / "scope.json"
+    path.write_text(json.dumps({"format": SCOPE_FORMAT, "float_nodes": [*ALWAYS_FLOAT, *extra_patterns], **fields}))
+    return path
+
+
+def build_with_scope(capsys, tmp_path, scope) -> tuple[int, str]:
+    """The scope is read before the model: a missing model is refused only after the scope passed."""
+    return run_cli(capsys, "build", tmp_path / "no-export", "--runtime", "onnxruntime", "--precision", "int8",
+                   "--int8-scope", scope, "--output", tmp_path / "out")
+
+
+@pytest.mark.parametrize("pattern", [r"([a-z./_0-9A-Z]+)+!", r"(\w)\1", r"(?<=cells)\.1", r"a+b+c+d+"])
+def test_a_scope_pattern_that_could_backtrack_for_ever_is_refused(tmp_path, capsys, pattern):
+    scope = scope_file(tmp_path, [pattern])
+    code, err = build_with_scope(capsys, tmp_path, scope)
+    assert code == EXIT_USAGE
+    one_line_error(err, str(scope), repr(pattern))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_and_generated_scopes_stay_within_the_safe_subset(tmp_path):
+    from export.int8_scope import FLOAT_FRAGMENTS, SCOPES_DIR, load_scope, write_scope
+
+    for path in SCOPES_DIR.glob("*.json"):
+        load_scope(path)
+    assert load_scope(scope_file(tmp_path, FLOAT_FRAGMENTS)).fragments
+    written = write_scope(tmp_path / "gen.json", ["/reenactor/cells.1/body/body.0/"], {})
+    assert load_scope(written).fragments[-1] == r"/reenactor/cells\.1/body/body\.0/"
+
+
+@pytest.mark.parametrize("raw", ["NaN", "true", "1e999", "-0.5", "0", "2", '"0.5"'])
+def test_a_scope_smooth_gc_that_is_no_alpha_is_refused_at_load(tmp_path, capsys, raw):
+    scope = scope_file(tmp_path)
+    scope.write_text(scope.read_text()[:-1] + f', "smooth_gc": {raw}}}')  # NaN and 1e999: what json.dumps won't write
+    code, err = build_with_scope(capsys, tmp_path, scope)
+    assert code == EXIT_USAGE
+    one_line_error(err, str(scope), "smooth_gc", "(0, 1]")
+    assert "--smooth-gc nan" not in err and "--smooth-gc inf" not in err
