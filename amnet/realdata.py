@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from amnet.core.errors import InputError
-from amnet.core.fileio import load_npz, save_npz, write_text
+from amnet.core.fileio import load_npz, read_json, save_npz, write_text
 
 HELDOUT_FRACTION = 0.2
 SOURCES_PER_ID = 4
@@ -48,8 +48,8 @@ def default_clips(media: Path) -> list[Clip]:
 
 def read_clips(path: Path) -> list[Clip]:
     """A JSON list of {identity, video, speech_train, speech_heldout}; relative paths are from the file's folder."""
+    items = read_json(path, "--clips file")
     try:
-        items = json.loads(path.read_text())
         if not isinstance(items, list) or not items:  # `{}` or `[]` once fell back to the shipped clips
             raise TypeError("not a non-empty list")
         base = path.parent

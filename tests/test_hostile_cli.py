@@ -112,3 +112,34 @@ def test_a_scope_smooth_gc_that_is_no_alpha_is_refused_at_load(tmp_path, capsys,
     assert code == EXIT_USAGE
     one_line_error(err, str(scope), "smooth_gc", "(0, 1]")
     assert "--smooth-gc nan" not in err and "--smooth-gc inf" not in err
+
+
+# ---------------------------------------------------------------- 4. deep JSON and FIFOs as thresholds and scopes
+
+def deep_json(path: Path) -> Path:
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    return path
+
+
+def test_a_100k_deep_thresholds_file_is_one_line(tmp_path, capsys):
+    deep = deep_json(tmp_path / "limits.json")
+    code, err = run_cli(capsys, "parity", "--build", tmp_path / "no-build", "--thresholds", deep,
+                        "--report", tmp_path / "report")
+    assert code == EXIT_USAGE
+    one_line_error(err, str(deep), "deep")
+
+
+def test_a_fifo_as_thresholds_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "limits.fifo"
+    os.mkfifo(fifo)
+    r = subprocess_cli("parity", "--build", tmp_path / "no-build", "--thresholds", fifo,
+                       "--report", tmp_path / "report", timeout=60)  # the old code blocked in open() for ever
+    assert r.returncode == EXIT_USAGE
+    one_line_error(r.stderr, str(fifo), "FIFO")
+
+
+def test_a_100k_deep_scope_file_is_one_line(tmp_path, capsys):
+    deep = deep_json(tmp_path / "scope.json")
+    code, err = build_with_scope(capsys, tmp_path, deep)
+    assert code == EXIT_USAGE
+    one_line_error(err, str(deep), "deep")
