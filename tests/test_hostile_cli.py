@@ -143,3 +143,44 @@ def test_a_100k_deep_scope_file_is_one_line(tmp_path, capsys):
     code, err = build_with_scope(capsys, tmp_path, deep)
     assert code == EXIT_USAGE
     one_line_error(err, str(deep), "deep")
+
+
+# ---------------------------------------------------------------- 5. malformed AMNET_CALIB_DIR sets
+
+def small_heldout(n=2, side=8) -> dict:
+    rng = np.random.default_rng(0)
+    return {"images": rng.integers(0, 255, (2 * n, side, side, 3), dtype=np.uint8),
+            "source_idx": np.arange(n), "target_idx": np.arange(n, 2 * n), "identity": np.zeros(n, np.int64),
+            "audio": rng.normal(0, 1, (n, 64, 60)).astype(np.float32),
+            "pose": np.zeros((n, 3), np.float32), "eye": np.full((n, 2), 0.3, np.float32),
+            "landmarks": np.zeros((n, 136), np.float32)}
+
+
+def test_a_set_as_dataset_writes_it_loads(tmp_path):
+    from amnet.realdata import load_inputs
+
+    np.savez(tmp_path / "heldout.npz", **small_heldout())
+    assert load_inputs("heldout", 16, directory=tmp_path)["source"].shape == (2, 3, 16, 16)
+
+
+MALFORMED_SETS = {
+    "a key missing": lambda d: d.pop("pose"),
+    "empty lists": lambda d: d.update({k: v[:0] for k, v in d.items() if k != "images"}),
+    "audio of the wrong shape": lambda d: d.update(audio=d["audio"][:, :10]),
+    "float images": lambda d: d.update(images=d["images"].astype(np.float32)),
+    "float indices": lambda d: d.update(source_idx=d["source_idx"].astype(np.float32)),
+    "an index past the images": lambda d: d.update(source_idx=np.array([0, 99])),
+    "NaN in pose": lambda d: d["pose"].__setitem__((0, 0), np.nan),
+    "fewer pose rows than samples": lambda d: d.update(pose=d["pose"][:1]),
+}
+
+
+@pytest.mark.parametrize("defect", MALFORMED_SETS)
+def test_a_malformed_calibration_set_is_one_line_naming_it(tmp_path, capsys, monkeypatch, defect):
+    d = small_heldout()
+    MALFORMED_SETS[defect](d)
+    np.savez(tmp_path / "heldout.npz", **d)
+    monkeypatch.setenv("AMNET_CALIB_DIR", str(tmp_path))
+    code, err = run_cli(capsys, "evaluate", "--resolution", "16")
+    assert code == EXIT_USAGE, err
+    one_line_error(err, str(tmp_path / "heldout.npz"))
