@@ -184,3 +184,24 @@ def test_a_malformed_calibration_set_is_one_line_naming_it(tmp_path, capsys, mon
     code, err = run_cli(capsys, "evaluate", "--resolution", "16")
     assert code == EXIT_USAGE, err
     one_line_error(err, str(tmp_path / "heldout.npz"))
+
+
+# ---------------------------------------------------------------- 6. diagnose --inputs checked as parity checks them
+
+def test_diagnose_words_a_wrong_audio_shape_as_parity_does(tmp_path, capsys, small_build, checkpoint_file):
+    from benchmarks.parity import collect_variants
+    from tests.conftest import random_inputs
+
+    build, _ = small_build
+    variant = next(v.name for v in collect_variants(build) if v.runtime == "onnxruntime" and v.batch == 1)
+    feeds = random_inputs(2, 32)
+    feeds["audio"] = feeds["audio"][:, :, :10]  # N×1×10×60
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **feeds)
+    common = [checkpoint_file, "--build", build, "--inputs", bad, "--report", tmp_path / "report"]
+    code, err = run_cli(capsys, "diagnose", *common, "--variant", variant)
+    assert code == EXIT_USAGE
+    one_line_error(err, "input 'audio'", "(2, 1, 10, 60)", "N×1×64×60")
+    parity_code, parity_err = run_cli(capsys, "parity", *common, "--resolution", "32", "--no-faces")
+    assert parity_code == EXIT_USAGE and parity_err.split("error: ")[1] == err.split("error: ")[1]
+    assert not (tmp_path / "report").exists()
