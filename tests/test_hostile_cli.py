@@ -205,3 +205,29 @@ def test_diagnose_words_a_wrong_audio_shape_as_parity_does(tmp_path, capsys, sma
     parity_code, parity_err = run_cli(capsys, "parity", *common, "--resolution", "32", "--no-faces")
     assert parity_code == EXIT_USAGE and parity_err.split("error: ")[1] == err.split("error: ")[1]
     assert not (tmp_path / "report").exists()
+
+
+# ---------------------------------------------------------------- 7. an unwritable report folder, before any work
+
+UNWRITABLE = Path("/sys/amnet-report")  # sysfs: no file can be created there, not even by root
+
+
+@pytest.mark.parametrize("argv", [["parity", "--report"], ["bench", "--report"], ["choose", "--report"],
+                                  ["diagnose", "--variant", "any", "--report"]])
+def test_an_unwritable_report_folder_is_refused_before_any_work(tmp_path, capsys, argv):
+    code, err = run_cli(capsys, *argv, UNWRITABLE / "r", "--build", tmp_path / "no-build")
+    assert code == EXIT_USAGE
+    one_line_error(err, str(UNWRITABLE / "r"), "not writable")  # not the missing build: that is work begun
+
+
+def test_an_unwritable_pipeline_output_is_refused_before_any_export(capsys):
+    code, err = run_cli(capsys, "pipeline", "--output", UNWRITABLE, "--resolutions", "32")
+    assert code == EXIT_USAGE
+    one_line_error(err, str(UNWRITABLE), "not writable")
+
+
+def test_a_report_folder_that_does_not_exist_yet_is_fine_and_not_created_by_the_check(tmp_path):
+    from amnet.cli.harness import report_dir
+
+    assert report_dir(tmp_path / "a" / "b", "x.json") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone, no folder made

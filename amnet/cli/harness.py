@@ -17,6 +17,22 @@ from benchmarks.bench import PASSES
 from runtimes import registry
 
 
+def report_dir(folder, *names: str) -> Path:
+    """`check_output_dir`, and the folder writable now (or creatable: its nearest existing parent writable), by a
+    probe file that is removed: a report that cannot be written fails before the work, not after it."""
+    import tempfile
+
+    folder = check_output_dir(folder, *names)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"cannot write reports into {folder}: {existing} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()  # os.access says yes to root on a read-only /sys
+    except OSError as e:
+        raise InputError(f"cannot write reports into {folder}: {existing} is not writable ({e.strerror})") from None
+    return folder
+
+
 def _inputs(args, resolution: int) -> tuple[dict, str]:
     """The inputs every harness command runs (NaN/Inf refused here, so no command can report on them)."""
     if args.inputs:
@@ -119,7 +135,7 @@ def run_parity(args, resolution: int, out_dir: Path) -> dict:
 def cmd_parity(args) -> int:
     from benchmarks.parity import markdown
 
-    out_dir = check_output_dir(args.report, "parity.json", "parity.md", "parity.junit.xml")
+    out_dir = report_dir(args.report, "parity.json", "parity.md", "parity.junit.xml")
     args.checkpoint = shipped_checkpoint(args, args.resolution)
     preflight(args, [args.resolution], timed=False)
     report = run_parity(args, args.resolution, out_dir)
@@ -142,7 +158,7 @@ def cmd_diagnose(args) -> int:
     from benchmarks.diagnose import diagnose, summary_line, write_reports
     from benchmarks.parity import check_reference_source, collect_variants
 
-    check_output_dir(args.report, "diagnose.json", "diagnose.md", "diagnose.png",
+    report_dir(args.report, "diagnose.json", "diagnose.md", "diagnose.png",
                      *(("sensitivity.json", "sensitivity.md", "sensitivity.png") if args.sensitivity else ()))
     if args.sensitivity:
         check_output_path(args.scope_out or Path(args.report) / "int8_scope.json")
@@ -205,7 +221,7 @@ def run_bench(args, resolution: int) -> dict:
 def cmd_bench(args) -> int:
     from benchmarks.bench import machine_info, markdown
 
-    out = check_output_dir(args.report, "bench.json", "bench.md")
+    out = report_dir(args.report, "bench.json", "bench.md")
     args.checkpoint = shipped_checkpoint(args, args.resolution)
     preflight(args, [args.resolution], gate=False)
     report = run_bench(args, args.resolution)
@@ -340,7 +356,7 @@ def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
 def choose_outputs(out_dir, resolutions) -> None:
     """The names `choose` writes for these resolutions, checked before any work (its parity folder included)."""
     for r in resolutions:
-        check_output_dir(out_dir, f"choose_{r}.json", f"choose_{r}.md", f"speed_{r}.png")
+        report_dir(out_dir, f"choose_{r}.json", f"choose_{r}.md", f"speed_{r}.png")
         check_output_dir(Path(out_dir) / f"parity_{r}", "parity.json", "parity.md", "parity.junit.xml")
 
 
@@ -394,7 +410,7 @@ def cmd_pipeline(args) -> int:
     from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
 
     t0 = time.time()
-    out = check_output_dir(args.output, "report.md", "report.json")
+    out = report_dir(args.output, "report.md", "report.json")
     build_dir = check_output_dir(out / "build", "manifest.json")
     args.build = str(build_dir)
     choose_outputs(out, args.resolutions)
