@@ -231,3 +231,18 @@ def test_a_report_folder_that_does_not_exist_yet_is_fine_and_not_created_by_the_
 
     assert report_dir(tmp_path / "a" / "b", "x.json") == tmp_path / "a" / "b"
     assert list(tmp_path.iterdir()) == []  # the probe file is gone, no folder made
+
+
+# ---------------------------------------------------------------- 8. a read-only HOME: no telemetry or cache warnings
+
+def test_a_read_only_home_gives_no_library_warnings(tmp_path, small_build, checkpoint_file):
+    build, inputs = small_build
+    env = {"HOME": "/sys/amnet-home", "TMPDIR": str(tmp_path)}  # sysfs: nothing can be made there
+    for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR", "ORT_DISABLE_TELEMETRY"):
+        env[var] = ""  # as if unset
+    r = subprocess_cli("parity", checkpoint_file, "--build", build, "--resolution", "32", "--inputs", inputs,
+                       "--no-faces", "--quiet", "--report", tmp_path / "report", env_extra=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # ONNX Runtime's telemetry device id, matplotlib's config folder: nothing said
+    assert (tmp_path / "report" / "parity.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # the process's config folder went with it

@@ -15,6 +15,24 @@ BYTES_PER_PIXEL = 600
 MAX_BATCH = 64  # a batch bucket above this needs tens of GiB in the export's PyTorch trace at 256²
 
 
+def unwritable(folder) -> str | None:
+    """Why files cannot be made in folder (or in the nearest existing parent, which would hold it), else None.
+
+    By a probe file, removed at once: os.access says yes to root even where nothing can be created (/sys)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        return f"{existing} is not writable ({e.strerror})"
+    return None
+
+
 def ints(text: str) -> list[int]:
     """Batch buckets: comma-separated integers in [1, MAX_BATCH]."""
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from amnet.cli.args import (THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, positive, resolution,
-                            shipped_checkpoint)
+                            shipped_checkpoint, unwritable)
 from amnet.core.errors import EXIT_FAIL, InputError
 from amnet.core.fileio import check_output_dir, check_output_path, load_npz, write_text
 from amnet.core.runner import MODEL_INPUTS, check_values
@@ -18,18 +18,12 @@ from runtimes import registry
 
 
 def report_dir(folder, *names: str) -> Path:
-    """`check_output_dir`, and the folder writable now (or creatable: its nearest existing parent writable), by a
-    probe file that is removed: a report that cannot be written fails before the work, not after it."""
-    import tempfile
-
+    """`check_output_dir`, and the folder writable now (or creatable): a report that cannot be written fails
+    before the work, not after it."""
     folder = check_output_dir(folder, *names)
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise InputError(f"cannot write reports into {folder}: {existing} is not a folder")
-    try:
-        tempfile.TemporaryFile(dir=existing).close()  # os.access says yes to root on a read-only /sys
-    except OSError as e:
-        raise InputError(f"cannot write reports into {folder}: {existing} is not writable ({e.strerror})") from None
+    why = unwritable(folder)
+    if why:
+        raise InputError(f"cannot write reports into {folder}: {why}")
     return folder
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError, first_line
 from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number, positive,
-                            resolution, shipped_checkpoint, words)
+                            resolution, shipped_checkpoint, unwritable, words)
 from amnet.core import artifacts
 from amnet.core.fileio import load_npz
 from runtimes import registry
@@ -444,9 +444,29 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def _quiet_without_home() -> None:
+    """Where HOME is unwritable (a service account, a read-only container), ONNX Runtime warns on every run that it
+    cannot keep its telemetry device id there, and matplotlib that it cannot make its config folder: ONNX
+    Runtime's documented opt-out and a config folder of this process's own (removed at exit) say nothing. Set
+    before either library loads; the benchmark children inherit them."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not unwritable(Path.home()):
+        return
+    if not os.environ.get("ORT_DISABLE_TELEMETRY"):  # unset or empty; a user's own value stands
+        os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    if not os.environ.get("MPLCONFIGDIR"):
+        folder = tempfile.mkdtemp(prefix="amnet-mplconfig-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["MPLCONFIGDIR"] = folder
+
+
 def _main(argv: list[str] | None) -> int:
     prog = "amnet-deploy"  # its command once parsed: the parser itself loads AMNET_BACKENDS plugins, which may fail
     try:
+        _quiet_without_home()
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
