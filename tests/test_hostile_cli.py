@@ -246,3 +246,19 @@ def test_a_read_only_home_gives_no_library_warnings(tmp_path, small_build, check
     assert r.stderr == ""  # ONNX Runtime's telemetry device id, matplotlib's config folder: nothing said
     assert (tmp_path / "report" / "parity.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # the process's config folder went with it
+
+
+# ---------------------------------------------------------------- 9. bench under one ISA cap: the summary's FPS
+
+def test_the_summary_reads_the_rows_of_the_isa_benched_not_absent_native_ones():
+    from benchmarks.bench import REAL_TIME_FPS, markdown, paper_comparison
+
+    cap = "AVX512_CORE_AMX_FP16"  # `bench --isa CAP` alone: every row is under the cap, none native
+    fps = 43.0
+    row = {"name": "openvino-int8-b1-r128", "runtime": "openvino", "isa": cap, "median_ms": 1000 / fps,
+           "p90_ms": 24.0, "p99_ms": 25.0, "fps": fps, "peak_rss_mb": 300.0, "cold_start_s": 0.5}
+    paper = paper_comparison([row], 100.0, 128, cap)
+    assert paper["best_measured_fps"] == fps and paper["real_time"] == (fps >= REAL_TIME_FPS)
+    text = markdown({"resolution": 128, "threads": 2, "gemm_peak_gflops": 100.0, "gflops_per_frame": 1.0,
+                     "rows": [row], "notes": [], "paper": paper})
+    assert f"under the {cap} cap: {fps} FPS — real time" in text and ": 0 FPS" not in text
