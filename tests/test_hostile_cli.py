@@ -262,3 +262,22 @@ def test_the_summary_reads_the_rows_of_the_isa_benched_not_absent_native_ones():
     text = markdown({"resolution": 128, "threads": 2, "gemm_peak_gflops": 100.0, "gflops_per_frame": 1.0,
                      "rows": [row], "notes": [], "paper": paper})
     assert f"under the {cap} cap: {fps} FPS — real time" in text and ": 0 FPS" not in text
+
+
+# ---------------------------------------------------------------- 10. an output file in a folder that does not exist
+
+def test_evaluate_grid_in_a_missing_folder_is_refused_not_created(tmp_path, capsys):
+    grid = tmp_path / "nope" / "dir" / "g.png"
+    code, err = run_cli(capsys, "evaluate", "--grid", grid, "--train", tmp_path / "no-train.npz")
+    assert code == EXIT_USAGE
+    one_line_error(err, "--grid", str(grid.parent), "does not exist")  # before anything else is looked at
+    assert not (tmp_path / "nope").exists()
+
+
+def test_diagnose_scope_out_in_a_missing_folder_is_refused(tmp_path, capsys):
+    scope = tmp_path / "nope" / "scope.json"
+    code, err = run_cli(capsys, "diagnose", "--build", tmp_path / "no-build", "--variant", "any", "--sensitivity",
+                        "--scope-out", scope, "--report", tmp_path / "report")
+    assert code == EXIT_USAGE
+    one_line_error(err, "--scope-out", str(scope.parent), "does not exist")
+    assert not (tmp_path / "nope").exists()

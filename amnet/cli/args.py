@@ -33,6 +33,20 @@ def unwritable(folder) -> str | None:
     return None
 
 
+def output_file(path, flag: str):
+    """A file to write whose folder exists and is writable now (a folder is made only where one was asked for:
+    --report, --output DIR), checked before any work."""
+    from amnet.core.fileio import check_output_path
+
+    path = check_output_path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{flag} {path}: folder {path.parent} does not exist")
+    why = unwritable(path.parent)
+    if why:
+        raise InputError(f"{flag} {path}: {why}")
+    return path
+
+
 def ints(text: str) -> list[int]:
     """Batch buckets: comma-separated integers in [1, MAX_BATCH]."""
     try:

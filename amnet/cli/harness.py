@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.cli.args import (THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, positive, resolution,
-                            shipped_checkpoint, unwritable)
+from amnet.cli.args import (THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, output_file, positive,
+                            resolution, shipped_checkpoint, unwritable)
 from amnet.core.errors import EXIT_FAIL, InputError
 from amnet.core.fileio import check_output_dir, check_output_path, load_npz, write_text
 from amnet.core.runner import MODEL_INPUTS, check_values
@@ -155,7 +155,10 @@ def cmd_diagnose(args) -> int:
     report_dir(args.report, "diagnose.json", "diagnose.md", "diagnose.png",
                      *(("sensitivity.json", "sensitivity.md", "sensitivity.png") if args.sensitivity else ()))
     if args.sensitivity:
-        check_output_path(args.scope_out or Path(args.report) / "int8_scope.json")
+        if args.scope_out:  # a file in a folder that exists (REPORT, the default's, is made)
+            output_file(args.scope_out, "--scope-out")
+        else:
+            check_output_path(Path(args.report) / "int8_scope.json")
     variants = {v.name: v for v in collect_variants(Path(args.build))}
     if args.variant not in variants:
         raise InputError(f"no variant {args.variant!r} in {args.build}; it holds {', '.join(sorted(variants))}")

@@ -14,8 +14,8 @@ import warnings
 from pathlib import Path
 
 from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError, first_line
-from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number, positive,
-                            resolution, shipped_checkpoint, unwritable, words)
+from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number,
+                            output_file, positive, resolution, shipped_checkpoint, unwritable, words)
 from amnet.core import artifacts
 from amnet.core.fileio import load_npz
 from runtimes import registry
@@ -181,10 +181,8 @@ def cmd_evaluate(args) -> int:
     from amnet.checkpoint import load_checkpoint
     from benchmarks.evaluate import evaluate
 
-    from amnet.core.fileio import check_output_path
-
     if args.grid:  # before the minutes of work, not after
-        check_output_path(args.grid)
+        output_file(args.grid, "--grid")
     train = Path(args.train) if args.train else None
     if train is not None and not train.is_file():
         raise InputError(f"{train} not found: build it with `amnet-deploy dataset` (or calibration_data/rebuild.sh)")
