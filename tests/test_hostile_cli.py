@@ -281,3 +281,21 @@ def test_diagnose_scope_out_in_a_missing_folder_is_refused(tmp_path, capsys):
     assert code == EXIT_USAGE
     one_line_error(err, "--scope-out", str(scope.parent), "does not exist")
     assert not (tmp_path / "nope").exists()
+
+
+# ---------------------------------------------------------------- 11. a broken dlib model: no diagnose advice
+
+def test_a_broken_dlib_model_is_named_and_diagnose_not_advised(tmp_path, capsys, monkeypatch, small_build,
+                                                               checkpoint_file):
+    build, inputs = small_build
+    broken = tmp_path / "shape_predictor_68_face_landmarks.dat"
+    broken.write_bytes(b"not a dlib model")
+    monkeypatch.setenv("AMNET_DLIB_68", str(broken))
+    code = main([str(a) for a in ("parity", checkpoint_file, "--build", build, "--resolution", "32",
+                                  "--inputs", inputs, "--only", "b1", "--quiet", "--report", tmp_path / "report",
+                                  "--threshold", "fp32.face.detection_rate_min=1")])  # a face check on this variant
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "amnet-deploy diagnose" not in out
+    advice = [line for line in out.splitlines() if "face checks could not run" in line]
+    assert len(advice) == 1 and str(broken) in advice[0] and "--no-faces" in advice[0]

@@ -139,12 +139,30 @@ def cmd_parity(args) -> int:
     failed = [f"{r['variant']} ({'; '.join(r['failures'])})" for r in report["variants"] if not r["passed"]]
     if failed:
         print("FAILED: " + ", ".join(failed))
+        unchecked = set()
         for r in report["variants"]:
-            if not r["passed"] and r["runtime"] in ("onnxruntime", "openvino", "tensorrt") and "metrics" in r:
+            if r["passed"]:
+                continue
+            why = _face_checks_not_run(r)
+            if why:  # nothing of the variant's is wrong that diagnose could find
+                unchecked.add(why)
+            elif r["runtime"] in ("onnxruntime", "openvino", "tensorrt") and "metrics" in r:
                 print(f"  where it breaks: amnet-deploy diagnose {args.checkpoint} --build {args.build} "
                       f"--variant {r['variant']}")
+        for why in sorted(unchecked):
+            print(f"  the face checks could not run: {why}: fix that (dlib and its 68-point model, AMNET_DLIB_68), "
+                  "or waive them with --no-faces")
         return EXIT_FAIL
     return 0
+
+
+def _face_checks_not_run(row: dict) -> str | None:
+    """Why dlib's checks could not run (its model would not load, no face in the reference), when that is all
+    that failed the variant; else None."""
+    why = (row.get("face_checks") or {}).get("unavailable")
+    if why and all(f.endswith(f"unavailable ({why})") for f in row["failures"]):
+        return why
+    return None
 
 
 def cmd_diagnose(args) -> int:
