@@ -210,6 +210,21 @@ def load_inputs(name: str = "heldout", resolution: int = 256, limit: int | None 
     return out
 
 
+def clip_identities(directory: Path | None = None) -> list[str]:
+    """The people of a set folder, in index order, from its manifest.json (none without one), or one InputError
+    naming the file: a hand-made AMNET_CALIB_DIR's manifest may hold anything."""
+    path = (directory or default_dir()) / "manifest.json"
+    if not path.exists():
+        return []
+    data = read_json(path, "calibration manifest")
+    clips = data.get("clips") if isinstance(data, dict) else None
+    if not isinstance(clips, list) or not all(isinstance(c, dict) and isinstance(c.get("identity"), str)
+                                              for c in clips):
+        raise InputError(f"{path}: expected an object whose clips are a list of {{identity, ...}} "
+                         "(as `amnet-deploy dataset` writes it)")
+    return [c["identity"] for c in clips]
+
+
 def heldout_identity(limit: int | None = None, directory: Path | None = None) -> np.ndarray:
     """Which person each held-out sample shows (the index order of calibration_data/manifest.json)."""
     return read_set((directory or default_dir()) / "heldout.npz", needs=("identity",))["identity"][:limit]

@@ -39,7 +39,7 @@ def test_train_refuses_to_replace_a_run_without_resume_or_overwrite(tmp_path, ca
     from amnet.core.fileio import file_sha256, save_npz
     from tests.test_train import tiny_data
 
-    data = save_npz(tmp_path / "train.npz", tiny_data())
+    data = save_npz(tmp_path / "train.npz", tiny_data(n=4))  # one step of 4
     run = tmp_path / "run"
     run.mkdir()
     shutil.copyfile(checkpoint_file, run / "amnet.safetensors")  # a trained run's model
@@ -299,3 +299,20 @@ def test_a_broken_dlib_model_is_named_and_diagnose_not_advised(tmp_path, capsys,
     assert "amnet-deploy diagnose" not in out
     advice = [line for line in out.splitlines() if "face checks could not run" in line]
     assert len(advice) == 1 and str(broken) in advice[0] and "--no-faces" in advice[0]
+
+
+@pytest.mark.parametrize("manifest", ["[]", '{"clips": {}}', '{"clips": [{"video": "a.mp4"}]}', "[" * 100_000])
+def test_a_malformed_calibration_manifest_is_one_line_naming_it(tmp_path, manifest):
+    from amnet.core.errors import InputError
+    from amnet.realdata import clip_identities
+
+    (tmp_path / "manifest.json").write_text(manifest)
+    with pytest.raises(InputError, match=str(tmp_path / "manifest.json")):
+        clip_identities(tmp_path)
+
+
+def test_the_shipped_calibration_manifest_names_its_people():
+    from amnet.realdata import clip_identities, default_dir, heldout_identity
+
+    assert len(clip_identities(default_dir())) == len(np.unique(heldout_identity()))
+    assert clip_identities(ROOT / "no-such-dir") == []
