@@ -171,7 +171,7 @@ def cmd_diagnose(args) -> int:
     from benchmarks.parity import check_reference_source, collect_variants
 
     report_dir(args.report, "diagnose.json", "diagnose.md", "diagnose.png",
-                     *(("sensitivity.json", "sensitivity.md", "sensitivity.png") if args.sensitivity else ()))
+               *(("sensitivity.json", "sensitivity.md", "sensitivity.png") if args.sensitivity else ()))
     if args.sensitivity:
         if args.scope_out:  # a file in a folder that exists (REPORT, the default's, is made)
             output_file(args.scope_out, "--scope-out")
