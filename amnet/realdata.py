@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from amnet.core.errors import InputError
-from amnet.core.fileio import load_npz, save_npz, write_text
+from amnet.core.fileio import load_npz, read_json, save_npz, write_text
+from amnet.speech import N_MFCC, WINDOW
 
 HELDOUT_FRACTION = 0.2
 SOURCES_PER_ID = 4
@@ -48,8 +49,8 @@ def default_clips(media: Path) -> list[Clip]:
 
 def read_clips(path: Path) -> list[Clip]:
     """A JSON list of {identity, video, speech_train, speech_heldout}; relative paths are from the file's folder."""
+    items = read_json(path, "--clips file")
     try:
-        items = json.loads(path.read_text())
         if not isinstance(items, list) or not items:  # `{}` or `[]` once fell back to the shipped clips
             raise TypeError("not a non-empty list")
         base = path.parent
@@ -152,13 +153,51 @@ def to_float(images: np.ndarray, resolution: int) -> np.ndarray:
     return (images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0).copy()
 
 
+# What `build` writes in a set (and so what loading one relies on): per-sample rows after the leading N.
+SET_ROWS = {"audio": (WINDOW, 3 * N_MFCC), "pose": (3,), "eye": (2,)}
+SET_INDICES = ("source_idx", "target_idx", "identity")  # target_idx: held-out only; identity: held-out's person
+
+
+def read_set(path: Path, needs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """A calibration or held-out set (AMNET_CALIB_DIR may point at any folder), checked as `build` writes it:
+    anything else is one InputError naming the file, not an IndexError or NaN inputs later."""
+    if not path.is_file():
+        raise InputError(f"{path} not found: run calibration_data/rebuild.sh (or point AMNET_CALIB_DIR at a "
+                         "folder holding calib.npz and heldout.npz)")
+    d = load_npz(path)
+
+    def refuse(what: str):
+        raise InputError(f"{path}: {what} (not a set `amnet-deploy dataset` writes: rebuild it)")
+
+    missing = sorted({"images", "source_idx", *SET_ROWS, *needs} - set(d))
+    if missing:
+        refuse(f"lacks {', '.join(missing)}")
+    shape = lambda a: "×".join(map(str, a.shape)) or "a scalar"  # noqa: E731
+    images = d["images"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
+        refuse(f"images must be uint8 K×H×W×3 with K ≥ 1, got {images.dtype} {shape(images)}")
+    n = len(d["source_idx"]) if d["source_idx"].ndim == 1 else 0
+    if not n:
+        refuse(f"source_idx must list at least one sample, got {shape(d['source_idx'])}")
+    for key in (k for k in SET_INDICES if k in d):
+        v = d[key]
+        if v.dtype.kind not in "iu" or v.shape != (n,):
+            refuse(f"{key} must be {n} integers (one per sample), got {v.dtype} {shape(v)}")
+        if key != "identity" and (v.min() < 0 or v.max() >= len(images)):
+            refuse(f"{key} must index the {len(images)} images, got values in [{v.min()}, {v.max()}]")
+    for key, rows in SET_ROWS.items():
+        v = d[key]
+        if v.dtype.kind != "f" or v.shape != (n, *rows):
+            refuse(f"{key} must be float {'×'.join(map(str, (n, *rows)))}, got {v.dtype} {shape(v)}")
+        if not np.isfinite(v).all():
+            refuse(f"{key} holds NaN/Inf")
+    return d
+
+
 def load_inputs(name: str = "heldout", resolution: int = 256, limit: int | None = None,
                 directory: Path | None = None) -> dict[str, np.ndarray]:
     """Model inputs (source, audio, pose, eye) of a committed set; held-out adds `target`."""
-    path = (directory or default_dir()) / f"{name}.npz"
-    if not path.is_file():
-        raise InputError(f"{path} not found: run calibration_data/rebuild.sh")
-    d = load_npz(path)
+    d = read_set((directory or default_dir()) / f"{name}.npz")
     n = len(d["source_idx"]) if limit is None else min(limit, len(d["source_idx"]))
     out = {
         "source": to_float(d["images"][d["source_idx"][:n]], resolution),
@@ -171,9 +210,24 @@ def load_inputs(name: str = "heldout", resolution: int = 256, limit: int | None 
     return out
 
 
+def clip_identities(directory: Path | None = None) -> list[str]:
+    """The people of a set folder, in index order, from its manifest.json (none without one), or one InputError
+    naming the file: a hand-made AMNET_CALIB_DIR's manifest may hold anything."""
+    path = (directory or default_dir()) / "manifest.json"
+    if not path.exists():
+        return []
+    data = read_json(path, "calibration manifest")
+    clips = data.get("clips") if isinstance(data, dict) else None
+    if not isinstance(clips, list) or not all(isinstance(c, dict) and isinstance(c.get("identity"), str)
+                                              for c in clips):
+        raise InputError(f"{path}: expected an object whose clips are a list of {{identity, ...}} "
+                         "(as `amnet-deploy dataset` writes it)")
+    return [c["identity"] for c in clips]
+
+
 def heldout_identity(limit: int | None = None, directory: Path | None = None) -> np.ndarray:
     """Which person each held-out sample shows (the index order of calibration_data/manifest.json)."""
-    return load_npz((directory or default_dir()) / "heldout.npz")["identity"][:limit]
+    return read_set((directory or default_dir()) / "heldout.npz", needs=("identity",))["identity"][:limit]
 
 
 def resize_source(source: np.ndarray, resolution: int) -> np.ndarray:

@@ -152,8 +152,12 @@ def adversarial_step(G: AMNet, D: Discriminator, opt_g, opt_d, batch) -> dict:
 
 
 def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig, cfg: TrainConfig,
-          resume: bool = False, progress: bool = True, init: str | Path | None = None) -> dict:
-    """Train (or, with ``init``, fine-tune from a checkpoint's weights); ``resume`` continues the run folder."""
+          resume: bool = False, progress: bool = True, init: str | Path | None = None,
+          overwrite: bool = False) -> dict:
+    """Train (or, with ``init``, fine-tune from a checkpoint's weights); ``resume`` continues the run folder.
+
+    A folder that already holds a run is replaced only with ``overwrite``: a fresh run writes its first
+    checkpoint over the old one after one epoch, and a trained model is hours of work."""
     from tqdm import tqdm
 
     from amnet.core.errors import InputError, first_line
@@ -163,6 +167,10 @@ def train(data: dict[str, np.ndarray], out_dir: Path, model_config: AMNetConfig,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ckpt, state_path = out_dir / "amnet.safetensors", out_dir / "train_state.pt"
+    held = [p.name for p in (ckpt, state_path) if p.exists()]
+    if held and not resume and not overwrite:
+        raise InputError(f"--output {out_dir} already holds a run ({', '.join(held)}): pass --resume to continue "
+                         "it, --overwrite to replace it, or train into another --output")
     if resume and ckpt.is_file() and not state_path.is_file():  # resuming "from scratch" would replace a model
         raise InputError(f"{out_dir} holds amnet.safetensors but no train_state.pt: nothing to resume from "
                          "(train into another --output)")

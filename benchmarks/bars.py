@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from amnet.core.errors import InputError
-from amnet.core.fileio import write_text
+from amnet.core.fileio import read_json, write_text
 
 OV_PICKS = ("fp16", "int8", "gcs_int8")  # the OpenVINO variants `make run`'s gate passes and `choose` picks from
 PARITY_NAMES = {"fp16": "openvino-fp16-b1-r{r}", "int8": "openvino-int8-b1-r{r}", "gcs_int8": "openvino-int8-gcs-b1-r{r}"}
@@ -36,7 +36,7 @@ def load_run(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "pytest-benchmark JSON file")
         run = {"isa": data.get("machine_info", {}).get("amnet_isa", {}), "fps": {}, "extra": {}}
         for b in data.get("benchmarks", []):
             test = b["name"].split("[")[0].removeprefix("test_")
@@ -58,7 +58,7 @@ def load_gates(folder: Path) -> dict[int, dict[str, str | None]]:
         if not path.is_file():
             continue
         try:
-            rows = {row["variant"]: row for row in json.loads(path.read_text())["variants"]}
+            rows = {row["variant"]: row for row in read_json(path, "parity report")["variants"]}
             gates[r] = {v: gate_failure(rows.get(name.format(r=r))) for v, name in PARITY_NAMES.items()}
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise InputError(f"{path} is not a parity report ({type(e).__name__}): rerun `make bench`")

@@ -204,6 +204,16 @@ def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
 
 
+def reference_inputs(model, feeds: dict) -> dict:
+    """The model inputs checked by the PyTorch reference's own check, as `parity` checks them: a wrong shape is
+    one line naming the input, not an error from deep inside a torch layer."""
+    from amnet.core.runner import check_feeds
+    from runtimes.pytorch_runner import TorchRunner
+
+    with TorchRunner(model) as reference:
+        return check_feeds({k: feeds[k] for k in MODEL_INPUTS}, reference.inputs)
+
+
 def diagnose(model, variant, feeds: dict, snr_min: float | None = None) -> dict:
     """Probe by probe comparison of one variant (a benchmarks.parity.Variant) with the PyTorch forward."""
     from amnet.core import artifacts
@@ -211,6 +221,7 @@ def diagnose(model, variant, feeds: dict, snr_min: float | None = None) -> dict:
     if variant.runtime not in ("onnxruntime", "openvino", "tensorrt"):
         raise InputError(f"diagnose runs ONNX Runtime, OpenVINO and TensorRT variants; {variant.name} is "
                          f"{variant.runtime}")
+    feeds = {**feeds, **reference_inputs(model, feeds)}
     artifacts.verify(variant.path.parent, variant.extra)
     if variant.runtime == "tensorrt":  # before any work: on a machine without it, one line
         from runtimes.tensorrt_runner import import_cudart, import_tensorrt

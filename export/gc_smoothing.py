@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amnet.core.errors import InputError
+from export.int8_scope import check_smooth_gc
 
 
 def readers(model) -> dict[int, tuple[nn.Module, nn.Module | None]]:
@@ -61,8 +61,7 @@ def factors(absmax: np.ndarray, alpha: float) -> np.ndarray:
 
 def smooth(model, feeds: dict[str, np.ndarray], alpha: float, gcs=None) -> dict[int, np.ndarray]:
     """Fold per-channel factors out of the GCs (all, or ``gcs``) into their readers, in place; returns them."""
-    if not 0 < alpha <= 1:
-        raise InputError(f"--smooth-gc α must be in (0, 1], got {alpha}")
+    check_smooth_gc(alpha)
     absmax = channel_absmax(model, feeds)
     done = {}
     with torch.no_grad():

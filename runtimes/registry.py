@@ -22,7 +22,7 @@ from typing import Callable
 
 from amnet.core import artifacts
 from amnet.core.artifacts import Precision
-from amnet.core.errors import ArtifactError, InputError, IntegrityError, RuntimeMissing
+from amnet.core.errors import ArtifactError, InputError, IntegrityError, RuntimeMissing, first_line
 from amnet.core.fileio import lazy_import
 from amnet.core.onnx_refs import external_data
 from amnet.core.runner import BucketedRunner, Runner
@@ -95,11 +95,20 @@ def unregister(name: str) -> None:
 def _load_plugins() -> None:
     for module in filter(None, (m.strip() for m in os.environ.get("AMNET_BACKENDS", "").split(","))):
         if module not in _PLUGINS_LOADED:
-            _PLUGINS_LOADED.add(module)
+            _PLUGINS_LOADED.add(module)  # before the import: a plugin that asks for backends() does not recurse
             try:
                 importlib.import_module(module)
             except ImportError as e:
+                _PLUGINS_LOADED.discard(module)  # asked again, it fails again: never a silent registry without it
                 raise InputError(f"AMNET_BACKENDS names {module!r}, which cannot be imported ({e})") from None
+            except SystemExit as e:  # would end any command, `parity` too, with its code: a silent pass at 0
+                _PLUGINS_LOADED.discard(module)
+                raise InputError(f"AMNET_BACKENDS plugin {module!r} called sys.exit({e.code!r}) while being "
+                                 "imported") from None
+            except Exception as e:  # noqa: BLE001 - the plugin's fault, not ours: named, not an internal error
+                _PLUGINS_LOADED.discard(module)
+                raise InputError(f"AMNET_BACKENDS plugin {module!r} raised {type(e).__name__} while being imported"
+                                 f"{f': {first_line(e)}' if str(e).strip() else ''}") from None
 
 
 def backends() -> dict[str, Backend]:

@@ -15,6 +15,38 @@ BYTES_PER_PIXEL = 600
 MAX_BATCH = 64  # a batch bucket above this needs tens of GiB in the export's PyTorch trace at 256²
 
 
+def unwritable(folder) -> str | None:
+    """Why files cannot be made in folder (or in the nearest existing parent, which would hold it), else None.
+
+    By a probe file, removed at once: os.access says yes to root even where nothing can be created (/sys)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        return f"{existing} is not writable ({e.strerror})"
+    return None
+
+
+def output_file(path, flag: str):
+    """A file to write whose folder exists and is writable now (a folder is made only where one was asked for:
+    --report, --output DIR), checked before any work."""
+    from amnet.core.fileio import check_output_path
+
+    path = check_output_path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{flag} {path}: folder {path.parent} does not exist")
+    why = unwritable(path.parent)
+    if why:
+        raise InputError(f"{flag} {path}: {why}")
+    return path
+
+
 def ints(text: str) -> list[int]:
     """Batch buckets: comma-separated integers in [1, MAX_BATCH]."""
     try:

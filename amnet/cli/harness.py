@@ -8,13 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-from amnet.cli.args import (THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, positive, resolution,
-                            shipped_checkpoint)
+from amnet.cli.args import (THREADS, checkpoint_arg, float_precision_arg, isa_caps, number, output_file, positive,
+                            resolution, shipped_checkpoint, unwritable)
 from amnet.core.errors import EXIT_FAIL, InputError
 from amnet.core.fileio import check_output_dir, check_output_path, load_npz, write_text
 from amnet.core.runner import MODEL_INPUTS, check_values
 from benchmarks.bench import PASSES
 from runtimes import registry
+
+
+def report_dir(folder, *names: str) -> Path:
+    """`check_output_dir`, and the folder writable now (or creatable): a report that cannot be written fails
+    before the work, not after it."""
+    folder = check_output_dir(folder, *names)
+    why = unwritable(folder)
+    if why:
+        raise InputError(f"cannot write reports into {folder}: {why}")
+    return folder
 
 
 def _inputs(args, resolution: int) -> tuple[dict, str]:
@@ -119,7 +129,7 @@ def run_parity(args, resolution: int, out_dir: Path) -> dict:
 def cmd_parity(args) -> int:
     from benchmarks.parity import markdown
 
-    out_dir = check_output_dir(args.report, "parity.json", "parity.md", "parity.junit.xml")
+    out_dir = report_dir(args.report, "parity.json", "parity.md", "parity.junit.xml")
     args.checkpoint = shipped_checkpoint(args, args.resolution)
     preflight(args, [args.resolution], timed=False)
     report = run_parity(args, args.resolution, out_dir)
@@ -129,12 +139,30 @@ def cmd_parity(args) -> int:
     failed = [f"{r['variant']} ({'; '.join(r['failures'])})" for r in report["variants"] if not r["passed"]]
     if failed:
         print("FAILED: " + ", ".join(failed))
+        unchecked = set()
         for r in report["variants"]:
-            if not r["passed"] and r["runtime"] in ("onnxruntime", "openvino", "tensorrt") and "metrics" in r:
+            if r["passed"]:
+                continue
+            why = _face_checks_not_run(r)
+            if why:  # nothing of the variant's is wrong that diagnose could find
+                unchecked.add(why)
+            elif r["runtime"] in ("onnxruntime", "openvino", "tensorrt") and "metrics" in r:
                 print(f"  where it breaks: amnet-deploy diagnose {args.checkpoint} --build {args.build} "
                       f"--variant {r['variant']}")
+        for why in sorted(unchecked):
+            print(f"  the face checks could not run: {why}: fix that (dlib and its 68-point model, AMNET_DLIB_68), "
+                  "or waive them with --no-faces")
         return EXIT_FAIL
     return 0
+
+
+def _face_checks_not_run(row: dict) -> str | None:
+    """Why dlib's checks could not run (its model would not load, no face in the reference), when that is all
+    that failed the variant; else None."""
+    why = (row.get("face_checks") or {}).get("unavailable")
+    if why and all(f.endswith(f"unavailable ({why})") for f in row["failures"]):
+        return why
+    return None
 
 
 def cmd_diagnose(args) -> int:
@@ -142,10 +170,13 @@ def cmd_diagnose(args) -> int:
     from benchmarks.diagnose import diagnose, summary_line, write_reports
     from benchmarks.parity import check_reference_source, collect_variants
 
-    check_output_dir(args.report, "diagnose.json", "diagnose.md", "diagnose.png",
-                     *(("sensitivity.json", "sensitivity.md", "sensitivity.png") if args.sensitivity else ()))
+    report_dir(args.report, "diagnose.json", "diagnose.md", "diagnose.png",
+               *(("sensitivity.json", "sensitivity.md", "sensitivity.png") if args.sensitivity else ()))
     if args.sensitivity:
-        check_output_path(args.scope_out or Path(args.report) / "int8_scope.json")
+        if args.scope_out:  # a file in a folder that exists (REPORT, the default's, is made)
+            output_file(args.scope_out, "--scope-out")
+        else:
+            check_output_path(Path(args.report) / "int8_scope.json")
     variants = {v.name: v for v in collect_variants(Path(args.build))}
     if args.variant not in variants:
         raise InputError(f"no variant {args.variant!r} in {args.build}; it holds {', '.join(sorted(variants))}")
@@ -205,7 +236,7 @@ def run_bench(args, resolution: int) -> dict:
 def cmd_bench(args) -> int:
     from benchmarks.bench import machine_info, markdown
 
-    out = check_output_dir(args.report, "bench.json", "bench.md")
+    out = report_dir(args.report, "bench.json", "bench.md")
     args.checkpoint = shipped_checkpoint(args, args.resolution)
     preflight(args, [args.resolution], gate=False)
     report = run_bench(args, args.resolution)
@@ -340,7 +371,7 @@ def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
 def choose_outputs(out_dir, resolutions) -> None:
     """The names `choose` writes for these resolutions, checked before any work (its parity folder included)."""
     for r in resolutions:
-        check_output_dir(out_dir, f"choose_{r}.json", f"choose_{r}.md", f"speed_{r}.png")
+        report_dir(out_dir, f"choose_{r}.json", f"choose_{r}.md", f"speed_{r}.png")
         check_output_dir(Path(out_dir) / f"parity_{r}", "parity.json", "parity.md", "parity.junit.xml")
 
 
@@ -394,7 +425,7 @@ def cmd_pipeline(args) -> int:
     from export.pipeline import BuildOptions, ExportOptions, build, export_checkpoint
 
     t0 = time.time()
-    out = check_output_dir(args.output, "report.md", "report.json")
+    out = report_dir(args.output, "report.md", "report.json")
     build_dir = check_output_dir(out / "build", "manifest.json")
     args.build = str(build_dir)
     choose_outputs(out, args.resolutions)

@@ -14,8 +14,8 @@ import warnings
 from pathlib import Path
 
 from amnet.core.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_USAGE, AmnetError, InputError, first_line
-from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number, positive,
-                            resolution, shipped_checkpoint, words)
+from amnet.cli.args import (THREADS, check_resolution, checkpoint_arg, float_precision_arg, ints, number,
+                            output_file, positive, resolution, shipped_checkpoint, unwritable, words)
 from amnet.core import artifacts
 from amnet.core.fileio import load_npz
 from runtimes import registry
@@ -172,7 +172,7 @@ def cmd_train(args) -> int:
     result = train({k: np.asarray(v) for k, v in data.items()}, Path(args.output), cfg,
                    TrainConfig(args.epochs, args.batch, args.lr, args.resolution, args.minutes, threads=args.threads,
                                decay_from=args.decay_from, flip=args.flip, crop=args.crop),
-                   resume=args.resume, init=args.init)
+                   resume=args.resume, init=args.init, overwrite=args.overwrite)
     last = result["history"][-1] if result["history"] else {}
     print(f"{result['steps']} steps; last epoch {json.dumps(last)} → {result['checkpoint']}")
     return 0
@@ -182,10 +182,8 @@ def cmd_evaluate(args) -> int:
     from amnet.checkpoint import load_checkpoint
     from benchmarks.evaluate import evaluate
 
-    from amnet.core.fileio import check_output_path
-
     if args.grid:  # before the minutes of work, not after
-        check_output_path(args.grid)
+        output_file(args.grid, "--grid")
     train = Path(args.train) if args.train else None
     if train is not None and not train.is_file():
         raise InputError(f"{train} not found: build it with `amnet-deploy dataset` (or calibration_data/rebuild.sh)")
@@ -361,7 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=number("--minutes", 0, above=True),
                    help="stop after this much wall time (checkpoint kept)")
     s.add_argument("--threads", type=THREADS)
-    s.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
+    again = s.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a run folder that already holds a run, replacing it")
     s.add_argument("--crop", type=positive("--crop"), metavar="PX",
                    help="train on random PX×PX windows of the --resolution pairs (a quarter of the cost at half the "
                         "side; but InstanceNorm over a window is not over the face: the 256² fine-tune stalled on "
@@ -488,15 +489,35 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def _quiet_without_home() -> None:
+    """Where HOME is unwritable (a service account, a read-only container), ONNX Runtime warns on every run that it
+    cannot keep its telemetry device id there, and matplotlib that it cannot make its config folder: ONNX
+    Runtime's documented opt-out and a config folder of this process's own (removed at exit) say nothing. Set
+    before either library loads; the benchmark children inherit them."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not unwritable(Path.home()):
+        return
+    if not os.environ.get("ORT_DISABLE_TELEMETRY"):  # unset or empty; a user's own value stands
+        os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    if not os.environ.get("MPLCONFIGDIR"):
+        folder = tempfile.mkdtemp(prefix="amnet-mplconfig-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["MPLCONFIGDIR"] = folder
+
+
 def _main(argv: list[str] | None) -> int:
-    command = "?"
+    prog = "amnet-deploy"  # its command once parsed: the parser itself loads AMNET_BACKENDS plugins, which may fail
     try:
+        _quiet_without_home()
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
             return e.code if isinstance(e.code, int) else EXIT_USAGE
-        command = args.command
+        prog = f"amnet-deploy {args.command}"
         empty = [k for k in ("output", "report", "train_output", "scope_out", "grid")
                  if isinstance(getattr(args, k, None), str) and not getattr(args, k).strip()]
         if empty:  # Path("") is the current folder: an empty name must not write there
@@ -505,26 +526,26 @@ def _main(argv: list[str] | None) -> int:
             from amnet.core.cpu import FLOAT_PRECISION_ENV
 
             os.environ[FLOAT_PRECISION_ENV] = args.float_precision  # runners, and benchmark children, read it
-        if getattr(args, "precision", None) is None and command == "build":
+        if getattr(args, "precision", None) is None and args.command == "build":
             args.precision = [str(p) for p in registry.get(args.runtime).precisions]
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings
             warnings.filterwarnings("once", category=UserWarning, module="amnet")
             return args.func(args)
     except AmnetError as e:
-        print(f"amnet-deploy {command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except ImportError as e:  # an optional extra this command needs (the torch-free install has none)
         top = (e.name or "").split(".")[0]
         extra = EXTRAS.get(top)
         if extra is None:
-            return _internal_error(command, e)
-        print(f"amnet-deploy {command}: error: this command needs {top}, which is not installed: "
+            return _internal_error(prog, e)
+        print(f"{prog}: error: this command needs {top}, which is not installed: "
               f"pip install 'amnet-deploy[{extra}]'", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # disk full, read-only folder, permission denied: the user's to fix
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"amnet-deploy {command}: error: {_one_line(e.strerror or e)}{_one_line(where)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(e.strerror or e)}{_one_line(where)}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated:
         print("terminated", file=sys.stderr)
@@ -533,13 +554,13 @@ def _main(argv: list[str] | None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and an exit code no gate reads as "failed"
-        return _internal_error(command, e)
+        return _internal_error(prog, e)
 
 
-def _internal_error(command: str, e: Exception) -> int:
+def _internal_error(prog: str, e: Exception) -> int:
     if os.environ.get("AMNET_DEBUG"):
         raise e
     what = f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__  # named once, not twice
-    print(f"amnet-deploy {command}: internal error: {what} "
+    print(f"{prog}: internal error: {what} "
           "(please report it; AMNET_DEBUG=1 shows the traceback)", file=sys.stderr)
     return EXIT_INTERNAL

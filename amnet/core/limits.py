@@ -9,7 +9,6 @@ is an InputError naming the key: a misspelled limit must not silently vanish.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from amnet.core.artifacts import Precision
 from amnet.core.errors import InputError
+from amnet.core.fileio import read_json
 
 THRESHOLDS_FILE = Path(__file__).with_name("thresholds.json")
 OUTPUTS = ("face", "landmarks")
@@ -76,12 +76,7 @@ class Limits:
 
 def read_file(path: Path | None = None, runtimes: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
     path = Path(path or THRESHOLDS_FILE)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"thresholds file not found: {path}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise InputError(f"{path} is not valid JSON") from None
+    data = read_json(path, "thresholds file")  # a FIFO, a huge or a 100k-deep file: one line, not a hang or a crash
     if not isinstance(data, dict):
         raise InputError(f"{path} must hold a JSON object of limit groups, got a {type(data).__name__}")
     out = {}
