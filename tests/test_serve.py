@@ -320,3 +320,40 @@ def test_the_written_config_is_a_serve_deploy_config(tmp_path, small_build, monk
         build_app(app.args)
     monkeypatch.setenv("AMNET_SERVE_TOKEN", TOKEN)
     assert type(build_app(app.args)).__name__ == "Application"
+
+
+# ---------------------------------------------------------------- SIGTERM: cleaned up like Ctrl-C
+
+def test_sigterm_stops_serve_with_143_and_leaves_no_ray_process(small_build):
+    import contextlib
+    import signal
+    import subprocess
+    import threading
+    from pathlib import Path
+
+    import psutil
+
+    root = Path(__file__).resolve().parent.parent
+    ray_processes = []
+    serve = subprocess.Popen([sys.executable, "-m", "amnet.cli", "serve", str(small_build[0]), "--port",
+                              str(free_port()), "--threads", "1", "--streams-per-replica", "1", "--token", TOKEN],
+                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        serving = threading.Event()  # the URL line is printed once the app answers /healthz
+        threading.Thread(target=lambda: serve.stdout.readline().startswith("serving") and serving.set(),
+                         daemon=True).start()
+        assert serving.wait(120), "serve did not come up within 120 s"
+        ray_processes = psutil.Process(serve.pid).children(recursive=True)
+        assert any("raylet" in p.name() for p in ray_processes), [p.name() for p in ray_processes]
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(TIMEOUT)
+        err = serve.stderr.read()
+        assert code == 143 and err == "terminated\n", (code, err)
+        _, alive = psutil.wait_procs(ray_processes, timeout=10)  # gcs, raylet, its workers: ended, not orphaned
+        assert not alive, [p.name() for p in alive]
+    finally:  # a failure here leaves nothing running either (before the fix: SIGABRT, Ray's agents orphaned)
+        serve.kill()  # nothing, once it has been waited for
+        for p in ray_processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()

@@ -5,9 +5,12 @@ is free, the model opens on its runtime and is a full model, the threads fit the
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -90,19 +93,30 @@ def start(opts: ServeOptions, quiet: bool = False) -> str:
 
     generated = opts.token is None
     opts.token = opts.token or secrets.token_urlsafe(24)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if not ray.is_initialized():
         ray.init(_node_ip_address="127.0.0.1", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=False, configure_logging=not quiet, logging_level="ERROR")
+        _give_back_sigterm(on_sigterm)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's "Started Serve ..." lines on stderr
     serve.start(http_options={"host": opts.host, "port": opts.port}, logging_config={"log_level": "WARNING"})
     serve.run(build_app({**opts.app_args(), "token": opts.token}), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{opts.host if ':' not in opts.host else f'[{opts.host}]'}:{opts.port}"
     _wait_healthy(url)
     if not quiet:
         print(f"serving {opts.model} at {url} ({opts.replicas} replica(s) × {opts.streams} streams, "
-              f"{opts.threads} thread(s) each)")
+              f"{opts.threads} thread(s) each)", flush=True)  # whoever reads a pipe learns the URL now
         if generated:
-            print(f"token (printed once): {opts.token}")
+            print(f"token (printed once): {opts.token}", flush=True)
     return url
+
+
+def _give_back_sigterm(handler) -> None:
+    """ray.init takes SIGTERM from its caller: a Python handler that exits 15, then its C++ core worker's failure
+    handler, which dumps a stack and aborts (exit 134) with Ray's processes left running. The caller's handler
+    (the CLI's: SIGTERM raises Terminated, so serve_forever's cleanup runs) is put back, in C as well."""
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _wait_healthy(url: str, timeout: float = 120.0) -> None:
