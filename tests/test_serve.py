@@ -357,3 +357,101 @@ def test_sigterm_stops_serve_with_143_and_leaves_no_ray_process(small_build):
         for p in ray_processes:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
+
+
+# ---------------------------------------------------------------- a cluster: replicas on two nodes, one lost
+
+CLUSTER_S = 90  # the whole scenario, cluster start to shutdown
+RECOVER_S = 30  # a node gone: the longest until a new session gets frames again
+
+
+def stream_one_second(url: str, face: bytes, pcm: bytes) -> int:
+    """Frames a new session gets for 1 s of speech."""
+    with connect(ws_url(url), open_timeout=TIMEOUT, max_size=wire.MAX_FACE_BYTES) as ws:
+        ws.send(wire.session_config(RATE))
+        ws.send(face)
+        assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "ready"
+        for c in chunks(pcm[:RATE * 2]):
+            ws.send(c)
+        ws.send(wire.END)
+        _, _, done = read_frames(ws)
+        return done["frames"]
+
+
+def two_nodes_then_one(model: str, face: bytes, pcm: bytes, port: int) -> dict:
+    """Run in a process of its own (the module's app holds this one's Ray): two nodes on 127.0.0.1 with a CPU
+    each, the app's two one-CPU replicas spread over them, then the worker node removed."""
+    import time
+
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from websockets.exceptions import WebSocketException
+
+    from amnet.serve.app import build_app
+    from amnet.serve.local import APP_NAME
+
+    def replica_nodes() -> list[str]:
+        return sorted(a["Address"]["NodeID"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+                      if a["ActorClassName"].startswith(f"ServeReplica:{APP_NAME}:"))
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    try:
+        worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"model": model, "token": TOKEN, "replicas": 2, "threads": 1, "streams_per_replica": 1,
+                             "max_session_s": 30}), name=APP_NAME, route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        result = {"nodes": [cluster.head_node.node_id, worker.node_id], "replica_nodes": replica_nodes(),
+                  "frames_before": stream_one_second(url, face, pcm)}
+        cluster.remove_node(worker)
+        lost_at, result["frames_after"] = time.monotonic(), 0
+        while not result["frames_after"] and time.monotonic() - lost_at < RECOVER_S:
+            try:
+                result["frames_after"] = stream_one_second(url, face, pcm)
+            except (WebSocketException, OSError):  # routed to the lost replica: the proxy has not seen it go yet
+                time.sleep(0.5)
+        result["recovered_s"] = time.monotonic() - lost_at
+        return result
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+SCENARIO = """
+import json, sys
+from pathlib import Path
+from tests.test_serve import two_nodes_then_one
+model, face, pcm, port = sys.argv[1:]
+print(json.dumps(two_nodes_then_one(model, Path(face).read_bytes(), Path(pcm).read_bytes(), int(port))))
+"""
+
+
+def test_replicas_spread_over_two_nodes_and_the_app_survives_losing_one(small_build, inputs, tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    import psutil
+
+    face, pcm = inputs
+    (tmp_path / "face.png").write_bytes(face)
+    (tmp_path / "speech.pcm").write_bytes(pcm)
+    root = Path(__file__).resolve().parent.parent
+    # Ray turns a 127.0.0.1 cluster address into the machine's own IP, where nothing here listens, unless
+    # told that this is a cluster of one machine (the switch it reads on macOS and Windows).
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    scenario = subprocess.Popen([sys.executable, "-c", SCENARIO, str(small_build[0]), str(tmp_path / "face.png"),
+                                 str(tmp_path / "speech.pcm"), str(free_port())], cwd=root, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = scenario.communicate(timeout=CLUSTER_S)
+    except subprocess.TimeoutExpired:  # the cluster's processes go too, not only their driver
+        for p in [*psutil.Process(scenario.pid).children(recursive=True), scenario]:
+            p.kill()
+        raise
+    assert scenario.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["replica_nodes"] == sorted(result["nodes"]), result  # one replica on each node
+    assert result["frames_before"] > 0 and result["frames_after"] > 0, result  # after: within RECOVER_S
