@@ -158,7 +158,8 @@ def test_bench_reports_file_size_and_delegation(litert_build, checkpoint_file, t
                  "--passes", "1", "--report", str(tmp_path), "--quiet"]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     text = (tmp_path / "bench.md").read_text()
-    assert "file MB" in text and "conv MACs on delegate %" in text and "⚠" not in text and report["off_delegate"] == []
+    assert "file MB" in text and "conv MACs on delegate %" in text
+    assert "⚠" not in text and report["off_delegate"] == []
     rows = {r["name"]: r for r in report["rows"]}
     assert "file_mb" not in rows["pytorch-fp32-eager"]  # eager ships no artifact
     for precision in ("fp32", "fp16"):
