@@ -246,3 +246,28 @@ def test_choose_says_when_no_phone_variant(phone_choice):
     assert none_built[0] is None and "no on-device variant in this build" in none_built[1]
     phones = [g["variant"] for g in gate if g["runtime"] in PHONE_RUNTIMES]
     assert none_passed == (None, f"For a phone: none of the on-device variants passes ({', '.join(phones)}).")
+
+
+def test_loose_tflite_says_what_it_is(litert_build, small_model, tmp_path, capsys):
+    """A .tflite copied away from its manifest still carries its audio delta (and precision): `infer` refuses
+    inputs with the other delta convention, as it does beside the manifest; reenact reads the same metadata."""
+    import shutil
+
+    from amnet.cli.main import main
+    from runtimes.registry import open_runner
+
+    folder, manifest = litert_build
+    delta = small_model.config.audio_delta
+    other = next(d for d in ("official", "time") if d != delta)
+    for precision in ("fp32", "fp16"):
+        loose = shutil.copy(folder / _artifact(manifest, precision)["file"], tmp_path / f"phone_{precision}.tflite")
+        with open_runner(loose, threads=1) as runner:
+            assert runner.metadata == {"audio_delta": delta, "gc_form": "mobile", "precision": precision}
+            assert runner.precision == precision
+    for given, code in ((other, 2), (delta, 0)):
+        np.savez(tmp_path / "in.npz", **random_inputs(1, RES), audio_delta=np.array(given))
+        out = tmp_path / f"out_{given}.npz"
+        assert main(["infer", str(tmp_path / "phone_fp32.tflite"), "--inputs", str(tmp_path / "in.npz"),
+                     "--output", str(out)]) == code
+        assert out.exists() == (code == 0)
+    assert f"'{other}' deltas but the model was trained with '{delta}'" in capsys.readouterr().err
