@@ -1,4 +1,5 @@
-"""Throughput harness: latency percentiles, FPS, peak RSS, cold start, roofline, the paper's claims.
+"""Throughput harness: latency percentiles, FPS, peak RSS, cold start, model file size, delegation, roofline,
+the paper's claims.
 
 Each variant runs in its own child process (`python -m benchmarks.bench --one SPEC`) so that its
 peak RSS and cold start are its own. PyTorch eager is measured in the same run and every FPS is
@@ -166,6 +167,18 @@ def run_child(spec: dict, timeout: float = 300) -> dict:
 # ---------------------------------------------------------------- the whole run
 
 NATIVE = "native"
+OFF_DELEGATE_MARK = "⚠"
+
+
+def artifact_facts(variant) -> dict:
+    """What a variant's manifest entry says about its files: their size summed (what an app ships), and for an
+    on-device build the share of the conv multiply-adds its delegate took and how many convs it left off."""
+    facts = {"file_mb": sum((variant.path.parent / f).stat().st_size for f in variant.extra.get("files", ())) / 1e6}
+    delegation = variant.extra.get("delegation")
+    if delegation:
+        facts |= {"delegate": delegation["delegate"], "conv_macs_delegated": delegation["conv_macs_delegated"],
+                  "convs_off_delegate": delegation["convs_off_delegate"]}
+    return facts
 
 
 def usable_isas(isas: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -212,11 +225,13 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
         specs.append({"name": "pytorch-fp32-eager", "runtime": "pytorch", "precision": "fp32",
                       "path": str(Path(checkpoint).resolve()),
                       "batch": 1, "resolution": resolution})
+    facts = {}
     for v in variants:
         if v.resolution == resolution:
             # Absolute: the child runs in the repository root, not in the caller's folder.
             specs.append({"name": v.name, "runtime": v.runtime, "precision": v.precision, "path": str(v.path.resolve()),
                           "batch": v.batch, "resolution": resolution})
+            facts[v.name] = artifact_facts(v)
     peak = gemm_peak_gflops()
     rows = []
     specs = [{**spec, "isa": isa} for isa in isas_run for spec in specs]
@@ -231,7 +246,7 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
                                   "min_iters": -(-MIN_TIMINGS // passes)}))
     for spec, results in zip(specs, runs):
         row = {k: spec[k] for k in ("name", "runtime", "precision", "batch", "resolution", "isa")}
-        rows.append(row | pooled(results, spec["batch"] or 1))
+        rows.append(row | facts.get(spec["name"], {}) | pooled(results, spec["batch"] or 1))
     for r in rows:
         if "fps" not in r:
             continue
@@ -246,6 +261,7 @@ def bench(variants: list, checkpoint: str | None, resolution: int, threads: int 
     return {"resolution": resolution, "threads": threads, "isas": isas_run, "passes": passes,
             "gemm_peak_gflops": round(peak, 1),
             "gflops_per_frame": gflops, "rows": rows, "notes": notes,
+            "off_delegate": sorted(n for n, f in facts.items() if f.get("convs_off_delegate")),
             "paper": paper_comparison(rows, peak, resolution, isas_run[0])}
 
 
@@ -272,18 +288,33 @@ def markdown(report: dict) -> str:
              f"{report.get('passes', 1)} child process(es), the order reversed every other pass, its timings pooled "
              "(cold start and throughput: the median pass; peak RSS: the largest).", "",
              "| variant | ISA | median ms | p90 ms | p99 ms | FPS (b=batch) | × eager (same ISA) | throughput FPS | "
-             "roofline % | peak RSS MB | cold start s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "roofline % | file MB | peak RSS MB | cold start s | conv MACs on delegate % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    off_delegate = {}
     for r in report["rows"]:
         isa = r.get("isa", NATIVE)
+        name = r["name"]
+        if r.get("convs_off_delegate"):
+            name += f" {OFF_DELEGATE_MARK}"
+            off_delegate[r["name"]] = r
+        size = f"{r['file_mb']:.2f}" if "file_mb" in r else ""
+        delegated = f"{100 * r['conv_macs_delegated']:.1f}" if "conv_macs_delegated" in r else ""
         if "error" in r:
-            lines.append(f"| {r['name']} | {isa} | error: {r['error']} |||||||||")
+            lines.append(f"| {name} | {isa} | error: {r['error']} ||||||| {size} ||| {delegated} |")
             continue
-        lines.append(f"| {r['name']} | {isa} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+        lines.append(f"| {name} | {isa} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['fps']:.1f} | {r.get('ratio_vs_eager', float('nan')):.2f} | "
                      f"{r.get('throughput_fps', float('nan')):.1f} | {r.get('roofline_pct', float('nan')):.1f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} |")
+                     f"{size} | {r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} | {delegated} |")
+    lines.append("")  # a line right under a table would read as one of its rows
+    for name, r in off_delegate.items():  # one line per variant, however many ISA caps it ran under
+        lines.append(f"{OFF_DELEGATE_MARK} {name}: {r['convs_off_delegate']} convolution(s) off {r['delegate']} "
+                     f"({100 * r['conv_macs_delegated']:.1f} % of the conv MACs delegated): they run on the "
+                     "runtime's portable kernel, slower, and split the graph.")
     p = report["paper"]
     under = "" if p.get("isa", NATIVE) == NATIVE else f" under the {p['isa']} cap"
+    lines += ["File MB: the artifact's files summed, 10⁶ bytes. Conv MACs on delegate: the share of the "
+              "convolutions' multiply-adds the on-device build's delegate took, as its manifest records."]
     lines += [f"Note: {n}" for n in report.get("notes", [])]
     lines += ["", f"Paper: {p['paper_cpu_fps']} FPS on {p['paper_cpu']} (10 cores), {p['paper_gpu_fps']} FPS on "
               f"{p['paper_gpu']}, at {p['paper_resolution']}². Scaled to this machine: "

@@ -3,7 +3,8 @@
 FP16 stores the convolution and linear weights as float16 with a DEQUANTIZE in front of each (what
 TensorFlow Lite's float16 quantization writes): XNNPACK folds those at load and computes in fp32, so the file
 is about half the size. Each artifact's delegation (which ops XNNPACK took, the share of conv multiply-adds) is
-read back from the interpreter and recorded in its manifest entry.
+read back from the interpreter and recorded in its manifest entry; what the file is (audio delta, GC form,
+precision) is also written into its own metadata (`with_metadata`), for copies that travel without the manifest.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from amnet.core import artifacts
 from amnet.core.artifacts import Precision, Stage
 from amnet.core.errors import InputError
 from amnet.core.fileio import atomic_write, lazy_import, tool_versions
-from export.mobile import MODEL_INPUTS, artifact_name, entry, on_device_module, sample_inputs
+from export.mobile import MODEL_INPUTS, artifact_name, entry, file_metadata, on_device_module, sample_inputs
 
 BUILD_HINT = "pip install 'amnet-deploy[mobile-build]' (litert-torch)"
 FP16_WEIGHT_INPUTS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}  # op → its weight input
@@ -42,6 +43,7 @@ def build(checkpoint: Path, out_dir: Path, opts) -> dict:
             flatbuffer = converted[batch]
             if precision == Precision.FP16:
                 flatbuffer = fp16_weights(flatbuffer)
+            flatbuffer = with_metadata(flatbuffer, file_metadata(model, str(precision)))
             name = artifact_name(batch, opts.resolution, "litert", str(precision), ".tflite")
             path = atomic_write(stage.path(name), lambda tmp, data=flatbuffer: Path(tmp).write_bytes(data))
             with LiteRTRunner(path, threads=min(2, os.cpu_count() or 1), precision=str(precision)) as r:
@@ -102,6 +104,28 @@ def fp16_weights(flatbuffer: bytes) -> bytes:
     for i, buffer in enumerate(model.buffers):
         if i not in used:  # the float32 copies: kept, they would make the file larger, not smaller
             buffer.data = None
+    builder = flatbuffers.Builder(len(flatbuffer))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def with_metadata(flatbuffer: bytes, meta: dict) -> bytes:
+    """The same model carrying ``meta`` as JSON in its own metadata: a copy without the manifest still says
+    what it is (the runner reads it back)."""
+    import json
+
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+    from runtimes.litert_runner import METADATA_NAME
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME.encode(), len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or [] if m.name != METADATA_NAME.encode()] + [entry]
     builder = flatbuffers.Builder(len(flatbuffer))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

@@ -46,7 +46,12 @@ def entry(name: str, runtime: str, precision: str, batch: int, resolution: int, 
     if delegation["convs_off_delegate"]:
         warnings.warn(f"{name}: {delegation['convs_off_delegate']} convolution(s) off XNNPACK "
                       f"({delegation['conv_macs_delegated'] * 100:.1f} % of the conv MACs delegated): {CONV_OPS_NOTE}")
-    return {"name": name, "runtime": runtime, "part": "full", "gc_form": "mobile", "norm_form": "mean-var",
-            "upsampling": "subpixel", "batch": batch, "resolution": resolution, "precision": precision,
-            "audio_delta": model.config.audio_delta, "from": loaded.path.name, "from_sha256": loaded.sha256,
+    return {"name": name, "runtime": runtime, "part": "full", **file_metadata(model, precision), "batch": batch,
+            "resolution": resolution, "from": loaded.path.name, "from_sha256": loaded.sha256,
             "delegation": delegation, **extra}
+
+
+def file_metadata(model, precision: str) -> dict:
+    """What the artifact is (the manifest entry's, and what a `.tflite` carries in itself)."""
+    return {"gc_form": "mobile", "norm_form": "mean-var", "upsampling": "subpixel", "precision": precision,
+            "audio_delta": model.config.audio_delta}

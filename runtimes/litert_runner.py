@@ -3,10 +3,13 @@
 The interpreter applies XNNPACK itself (``num_threads`` is the delegate's thread count too); what it took is
 read back from the graph: each DELEGATE node replaced a connected set of the model's nodes, bounded by its own
 inputs and outputs (`delegation`). The signature names the inputs (source, audio, pose, eye); outputs
-``output_0``, ``output_1`` are the face and the landmarks. What the file was built from (audio delta, GC form)
-is read from the manifest entry that lists it.
+``output_0``, ``output_1`` are the face and the landmarks. What the file was built from (audio delta, GC form,
+precision) is read from its own metadata (`METADATA_NAME`, JSON), so a loose copy without its manifest runs as
+built; files from before it was written take it from the manifest entry that lists them.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +21,8 @@ from amnet.core.runner import MODEL_INPUTS, Runner, TensorSpec
 HINT = "pip install 'amnet-deploy[mobile]' (ai-edge-litert)"
 OUTPUT_NAMES = ("face", "landmarks")
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
+METADATA_NAME = "amnet"  # the flatbuffer's metadata entry the builder writes
+METADATA_KEYS = ("audio_delta", "gc_form", "precision")
 
 
 class LiteRTRunner(Runner):
@@ -42,7 +47,9 @@ class LiteRTRunner(Runner):
         self.outputs = list(OUTPUT_NAMES)
         found = artifacts.entry_for(self.path)
         entry = found[1] if found else {}
-        self.metadata = {k: entry[k] for k in ("audio_delta", "gc_form", "precision") if k in entry}
+        own = file_metadata(self.path)
+        self.metadata = {k: own.get(k, entry.get(k)) for k in METADATA_KEYS if k in own or k in entry}
+        self.precision = self.metadata.get("precision", self.precision)
 
     def _run(self, feeds):
         out = self.signature(**feeds)
@@ -88,6 +95,30 @@ class LiteRTRunner(Runner):
         filt = shape(op["inputs"][1])  # CONV_2D: O×KH×KW×I; DEPTHWISE_CONV_2D: 1×KH×KW×C (one tap set per output)
         taps = int(np.prod(filt[1:-1]))
         return out * taps * (filt[-1] if op["op_name"] != "DEPTHWISE_CONV_2D" else 1)
+
+
+def file_metadata(path) -> dict:
+    """The builder's JSON metadata in a `.tflite` ({} when it has none: built before it was written)."""
+    import json
+    import mmap
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:  # the interpreter has loaded the file already: only our entry can be malformed
+            model = schema.Model.GetRootAsModel(data, 0)
+            for i in range(model.MetadataLength()):
+                if model.Metadata(i).Name() == METADATA_NAME.encode():
+                    meta = json.loads(model.Buffers(model.Metadata(i).Buffer()).DataAsNumpy().tobytes())
+                    break
+            else:
+                return {}
+        except (ValueError, AttributeError, IndexError) as e:  # JSONDecodeError is a ValueError
+            raise ArtifactError(f"{Path(path).name} has unreadable {METADATA_NAME} metadata (damaged file): "
+                                f"{first_line(e)}") from None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k, ""), str) for k in METADATA_KEYS):
+        raise ArtifactError(f"{Path(path).name}: its {METADATA_NAME} metadata is not what amnet-deploy writes")
+    return {k: meta[k] for k in METADATA_KEYS if k in meta}
 
 
 def _count(names) -> dict[str, int]:

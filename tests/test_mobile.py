@@ -143,3 +143,131 @@ def test_manifest_records_the_mobile_form(litert_build, executorch_build):
     for folder, _ in (litert_build, executorch_build):
         for a in json.loads((folder / "manifest.json").read_text())["artifacts"]:
             assert (a["gc_form"], a["norm_form"], a["batch"], a["resolution"]) == ("mobile", "mean-var", 1, RES)
+
+
+def _file_mb(folder, entry):
+    return sum((folder / f).stat().st_size for f in entry["files"]) / 1e6
+
+
+def test_bench_reports_file_size_and_delegation(litert_build, checkpoint_file, tmp_path, capsys):
+    """bench's JSON and Markdown give each variant's files summed from disk, and the delegated conv MAC share."""
+    from amnet.cli.main import main
+
+    folder, manifest = litert_build
+    assert main(["bench", str(checkpoint_file), "--build", str(folder), "--resolution", str(RES), "--iters", "2",
+                 "--passes", "1", "--report", str(tmp_path), "--quiet"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    text = (tmp_path / "bench.md").read_text()
+    assert "file MB" in text and "conv MACs on delegate %" in text
+    assert "⚠" not in text and report["off_delegate"] == []
+    rows = {r["name"]: r for r in report["rows"]}
+    assert "file_mb" not in rows["pytorch-fp32-eager"]  # eager ships no artifact
+    for precision in ("fp32", "fp16"):
+        entry = _artifact(manifest, precision)
+        row = rows[f"litert-{precision}-b1-r{RES}"]
+        assert row["file_mb"] == pytest.approx(_file_mb(folder, entry)) and row["file_mb"] > 0
+        assert row["conv_macs_delegated"] == entry["delegation"]["conv_macs_delegated"]
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {row['name']} |"))
+        assert f"| {row['file_mb']:.2f} |" in line and line.endswith(f"| {100 * row['conv_macs_delegated']:.1f} |")
+
+
+def test_bench_flags_a_conv_off_the_delegate(litert_build):
+    """A variant whose record (measured without the delegate) has convs off XNNPACK is marked, with a line under
+    the table."""
+    import dataclasses
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from benchmarks.bench import OFF_DELEGATE_MARK, bench, markdown
+    from benchmarks.parity import collect_variants
+    from runtimes.litert_runner import LiteRTRunner
+
+    folder, _ = litert_build
+    variant = next(v for v in collect_variants(folder, RES) if v.precision == "fp32")
+    runner = LiteRTRunner(variant.path)
+    runner.interpreter = Interpreter(model_path=str(variant.path),
+                                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    off = runner.delegation()
+    variant = dataclasses.replace(variant, extra={**variant.extra, "delegation": off})
+    report = bench([variant], None, RES, iters=1, passes=1, progress=False)
+    assert report["off_delegate"] == [variant.name]
+    text = markdown(report)
+    assert f"| {variant.name} {OFF_DELEGATE_MARK} |" in text
+    assert f"{OFF_DELEGATE_MARK} {variant.name}: {off['convs_off_delegate']} convolution(s) off XNNPACK" in text
+
+
+@pytest.fixture(scope="module")
+def phone_choice(litert_build, checkpoint_file, tmp_path_factory):
+    """`choose` on the LiteRT build plus the FP32 ONNX (an off-phone variant to pass over): (folder, result, stdout)."""
+    import contextlib
+    import io
+    import shutil
+
+    from amnet.cli.main import main
+    from export.pipeline import ExportOptions, export_checkpoint
+
+    folder = tmp_path_factory.mktemp("phone") / "build"
+    shutil.copytree(litert_build[0], folder)
+    export_checkpoint(checkpoint_file, folder, ExportOptions((1,), RES, check_parity=False, progress=False))
+    report = folder.parent / "report"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["choose", str(checkpoint_file), "--build", str(folder), "--resolution", str(RES), "--samples",
+                     "2", "--no-faces", "--iters", "2", "--passes", "1", "--report", str(report), "--quiet"])
+    assert code == 0
+    return folder, json.loads((report / f"choose_{RES}.json").read_text()), out.getvalue()
+
+
+def test_choose_picks_for_a_phone(phone_choice):
+    """The fastest passing litert/executorch variant, with its file size, printed after the main recommendation."""
+    from amnet.core import artifacts
+    from amnet.cli.harness import PHONE_RUNTIMES
+
+    folder, result, printed = phone_choice
+    assert {r["runtime"] for r in result["ranked"]} >= {"onnxruntime", "litert"}  # there is something to pass over
+    expected = next(r for r in result["ranked"] if r["runtime"] in PHONE_RUNTIMES)
+    assert result["for_phone"] == expected
+    entry = next(a for a in artifacts.read(folder)["artifacts"] if a["file"] == expected["file"])
+    assert expected["file_mb"] == round(_file_mb(folder, entry), 2)
+    line = f"**For a phone: {expected['runtime']} {expected['precision']}** (`{expected['variant']}`, " \
+           f"{expected['file_mb']} MB)"
+    assert line in printed and printed.index("**Recommended:") < printed.index(line)
+    assert result["for_phone_note"].startswith(line)
+
+
+def test_choose_says_when_no_phone_variant(phone_choice):
+    """None built, or none passing: one line that says which, and no pick."""
+    from amnet.cli.harness import PHONE_RUNTIMES, phone_pick
+
+    _, result, _ = phone_choice
+    off_phone = [r for r in result["ranked"] if r["runtime"] not in PHONE_RUNTIMES]
+    gate = [{"variant": r["variant"], "runtime": r["runtime"]} for r in result["ranked"]]
+    none_built = phone_pick(off_phone, [g for g in gate if g["runtime"] not in PHONE_RUNTIMES])
+    none_passed = phone_pick(off_phone, gate)
+    assert none_built[0] is None and "no on-device variant in this build" in none_built[1]
+    phones = [g["variant"] for g in gate if g["runtime"] in PHONE_RUNTIMES]
+    assert none_passed == (None, f"For a phone: none of the on-device variants passes ({', '.join(phones)}).")
+
+
+def test_loose_tflite_says_what_it_is(litert_build, small_model, tmp_path, capsys):
+    """A .tflite copied away from its manifest still carries its audio delta (and precision): `infer` refuses
+    inputs with the other delta convention, as it does beside the manifest; reenact reads the same metadata."""
+    import shutil
+
+    from amnet.cli.main import main
+    from runtimes.registry import open_runner
+
+    folder, manifest = litert_build
+    delta = small_model.config.audio_delta
+    other = next(d for d in ("official", "time") if d != delta)
+    for precision in ("fp32", "fp16"):
+        loose = shutil.copy(folder / _artifact(manifest, precision)["file"], tmp_path / f"phone_{precision}.tflite")
+        with open_runner(loose, threads=1) as runner:
+            assert runner.metadata == {"audio_delta": delta, "gc_form": "mobile", "precision": precision}
+            assert runner.precision == precision
+    for given, code in ((other, 2), (delta, 0)):
+        np.savez(tmp_path / "in.npz", **random_inputs(1, RES), audio_delta=np.array(given))
+        out = tmp_path / f"out_{given}.npz"
+        assert main(["infer", str(tmp_path / "phone_fp32.tflite"), "--inputs", str(tmp_path / "in.npz"),
+                     "--output", str(out)]) == code
+        assert out.exists() == (code == 0)
+    assert f"'{other}' deltas but the model was trained with '{delta}'" in capsys.readouterr().err

@@ -272,21 +272,39 @@ def rank(parity_rows: list[dict], bench_rows: list[dict], isa: str = "native") -
                        "throughput_fps": round(b.get("throughput_fps", b["fps"]), 1), "best_fps": round(best, 1),
                        "ratio_vs_eager": round(b.get("ratio_vs_eager", float("nan")), 2),
                        "best_vs_eager": round(best / eager, 2) if eager else float("nan"),
-                       "psnr": p["metrics"]["face"].get("psnr"), "median_ms": round(b["median_ms"], 1)})
+                       "psnr": p["metrics"]["face"].get("psnr"), "median_ms": round(b["median_ms"], 1),
+                       "file_mb": round(b["file_mb"], 2) if "file_mb" in b else None})
     return sorted(ranked, key=lambda r: -r["best_fps"])
 
 
-def choose_markdown(ranked: list[dict], resolution: int, threads: int, excluded: list[str]) -> str:
+PHONE_RUNTIMES = ("litert", "executorch")  # what Android and iOS apps embed
+
+
+def phone_pick(ranked: list[dict], parity_rows: list[dict]) -> tuple[dict | None, str]:
+    """The fastest on-device variant that passes the gate, and the report's line about it (also when none does)."""
+    top = next((r for r in ranked if r["runtime"] in PHONE_RUNTIMES), None)
+    if top:
+        return top, (f"**For a phone: {top['runtime']} {top['precision']}** (`{top['variant']}`, "
+                     f"{top['file_mb']} MB): {top['best_fps']} FPS here, the fastest of the on-device variants "
+                     "that pass the parity gate.")
+    built = [r["variant"] for r in parity_rows if r["runtime"] in PHONE_RUNTIMES]
+    if built:
+        return None, f"For a phone: none of the on-device variants passes ({', '.join(built)})."
+    return None, (f"For a phone: no on-device variant in this build (`amnet-deploy build --runtime "
+                  f"{'|'.join(PHONE_RUNTIMES)}` makes one).")
+
+
+def choose_markdown(ranked: list[dict], resolution: int, threads: int, excluded: list[str], phone: str = "") -> str:
     lines = [f"## Which runtime to pick at {resolution}×{resolution} ({threads} threads)", ""]
     if not ranked:
-        return "\n".join(lines + ["No variant passed the fidelity gate.", ""])
+        return "\n".join(lines + ["No variant passed the fidelity gate.", *([phone] if phone else []), ""])
     top = ranked[0]
     mode = "throughput mode (async streams)" if top["throughput_fps"] > top["fps_b1"] * 1.1 else "latency mode"
     psnr = "exact" if top["psnr"] in (None, float("inf")) else f"PSNR {top['psnr']:.1f} dB vs FP32"
     lines += [f"**Recommended: {top['runtime']} {top['precision']}** (`{top['variant']}`), batch {top['batch']}, "
               f"{threads} threads, "
               f"{mode}: {top['best_fps']} FPS ({top['best_vs_eager']}× PyTorch eager at batch 1), {psnr}; "
-              f"the fastest of the variants that pass the parity gate.", "",
+              f"the fastest of the variants that pass the parity gate.", "", *([phone, ""] if phone else []),
               "| rank | variant | runs as | FPS b=1 | best FPS | × eager (b=1) | best × eager | median ms | "
               "face PSNR dB |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -349,16 +367,18 @@ def choose(args, resolution: int, out_dir: Path) -> tuple[dict, str]:
     ranked = rank(parity["variants"], bench["rows"], (bench.get("isas") or ["native"])[0])
     per_isa = {isa: next(iter(rank(parity["variants"], bench["rows"], isa)), None) for isa in bench.get("isas", [])}
     excluded = [f"{r['variant']} ({'; '.join(r['failures'])})" for r in parity["variants"] if not r["passed"]]
+    phone, phone_line = phone_pick(ranked, parity["variants"])
     result = {"resolution": resolution, "build": display_path(args.build), "machine": machine_info(args.threads or 2),
               "ranked": ranked,
-              "recommended": ranked[0] if ranked else None, "per_isa": per_isa, "excluded": excluded, "bench": bench,
+              "recommended": ranked[0] if ranked else None, "for_phone": phone, "for_phone_note": phone_line,
+              "per_isa": per_isa, "excluded": excluded, "bench": bench,
               "parity_passed": all(r["passed"] for r in parity["variants"])}
     plot = speed_plot(bench["rows"], {r["variant"] for r in parity["variants"] if r["passed"]}, resolution,
                       out_dir / f"speed_{resolution}.png")
     from benchmarks.parity import markdown as parity_md
 
     parity["passed"] = result["parity_passed"]
-    text = (choose_markdown(ranked, resolution, args.threads or 2, excluded)
+    text = (choose_markdown(ranked, resolution, args.threads or 2, excluded, phone_line)
             + f"\nMeasured on {_machine_line(result['machine'])}.\n" + per_isa_markdown(per_isa)
             + f"\n![speed]({plot.name})\n\n"
             + bench_md(bench) + "\n" + parity_md(parity).replace("# Parity", "## Parity", 1)
