@@ -13,6 +13,9 @@ import urllib.request
 import numpy as np
 import pytest
 
+from amnet.serve.local import keep_ray_on_loopback  # noqa: E402 - before ray is imported: Ray on 127.0.0.1 only
+
+keep_ray_on_loopback()
 ray = pytest.importorskip("ray", reason="the serve extra is not installed: pip install 'amnet-deploy[serve]'")
 pytest.importorskip("websockets", reason="the serve extra is not installed: pip install 'amnet-deploy[serve]'")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
@@ -441,7 +444,8 @@ def test_replicas_spread_over_two_nodes_and_the_app_survives_losing_one(small_bu
     root = Path(__file__).resolve().parent.parent
     # Ray turns a 127.0.0.1 cluster address into the machine's own IP, where nothing here listens, unless
     # told that this is a cluster of one machine (the switch it reads on macOS and Windows).
-    env = {**os.environ, "PYTHONPATH": str(root), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_USAGE_STATS_ENABLED": "0"}
     scenario = subprocess.Popen([sys.executable, "-c", SCENARIO, str(small_build[0]), str(tmp_path / "face.png"),
                                  str(tmp_path / "speech.pcm"), str(free_port())], cwd=root, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

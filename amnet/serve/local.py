@@ -74,8 +74,27 @@ def check_port(host: str, port: int) -> None:
             raise InputError(f"--port {port}: cannot listen on {host} ({e.strerror})") from None
 
 
+def keep_ray_on_loopback() -> None:
+    """Before Ray is first imported: all of Ray on 127.0.0.1, and no usage report. On Linux Ray turns a node
+    address of 127.0.0.1 into the host's own (its GCS, raylet and agents then talk over the host's address)
+    unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when ray is imported; its usage report, on by default,
+    posts to Ray's servers. Every process Ray spawns inherits these."""
+    import sys
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray asks the GCE metadata server (169.254.169.254) for a TPU type unless GKE's variable names one; a name
+    # that is no TPU type answers "none here" without asking.
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "none")
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and constants.ENABLE_RAY_CLUSTER:
+        raise RuntimeError("ray was imported before amnet.serve could keep it on 127.0.0.1: call "
+                           "amnet.serve.local.keep_ray_on_loopback() first")
+
+
 def start(opts: ServeOptions, quiet: bool = False) -> str:
     """Start Ray and the app; return the base URL. `stop()` undoes it."""
+    keep_ray_on_loopback()
     from amnet.serve.model import open_model
 
     check(opts)
@@ -95,7 +114,10 @@ def start(opts: ServeOptions, quiet: bool = False) -> str:
     opts.token = opts.token or secrets.token_urlsafe(24)
     on_sigterm = signal.getsignal(signal.SIGTERM)
     if not ray.is_initialized():
-        ray.init(_node_ip_address="127.0.0.1", num_cpus=os.cpu_count(), include_dashboard=False,
+        # address="local": a new Ray of our own, never one found on the machine (ray.init() alone joins the
+        # latest cluster started here, another user's or a test's, as CI saw it: "When connecting to an existing
+        # cluster, num_cpus ... must not be provided").
+        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=False, configure_logging=not quiet, logging_level="ERROR")
         _give_back_sigterm(on_sigterm)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's "Started Serve ..." lines on stderr
