@@ -13,6 +13,12 @@ import urllib.request
 import numpy as np
 import pytest
 
+if os.environ.get("AMNET_RAY_TESTS") != "1":
+    # Each Ray start still sends one probe to 169.254.169.254 (seen with strace, after usage stats and the TPU
+    # check were switched off): CI may send traffic to loopback only, so these run when asked for.
+    pytest.skip("Ray probes the cloud metadata address once per start: set AMNET_RAY_TESTS=1 to run them",
+                allow_module_level=True)
+
 from amnet.serve.local import keep_ray_on_loopback  # noqa: E402 - before ray is imported: Ray on 127.0.0.1 only
 
 keep_ray_on_loopback()
