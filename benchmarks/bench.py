@@ -173,8 +173,9 @@ OFF_DELEGATE_MARK = "⚠"
 def artifact_facts(variant) -> dict:
     """What a variant's manifest entry says about its files: their size summed (what an app ships), and for an
     on-device build the share of the conv multiply-adds its delegate took and how many convs it left off."""
-    facts = {"file_mb": sum((variant.path.parent / f).stat().st_size for f in variant.extra.get("files", ())) / 1e6}
-    delegation = variant.extra.get("delegation")
+    entry = getattr(variant, "extra", None) or {}  # a variant without a manifest entry has no facts to give
+    facts = {"file_mb": sum((variant.path.parent / f).stat().st_size for f in entry.get("files", ())) / 1e6}
+    delegation = entry.get("delegation")
     if delegation:
         facts |= {"delegate": delegation["delegate"], "conv_macs_delegated": delegation["conv_macs_delegated"],
                   "convs_off_delegate": delegation["convs_off_delegate"]}
