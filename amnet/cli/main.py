@@ -235,7 +235,13 @@ def cmd_build(args) -> int:
 # ---------------------------------------------------------------- parser
 
 class OneLineParser(argparse.ArgumentParser):
-    """Usage errors in one line (and exit 2), pointing at --help instead of printing the usage block."""
+    """Usage errors in one line (and exit 2), pointing at --help instead of printing the usage block; --help names
+    each option's default, as the docs do."""
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        action.help = with_default(action)
+        return action
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -260,11 +266,35 @@ def cmd_loadtest(args) -> int:
     return main_args(args)
 
 
+def with_default(action: argparse.Action) -> str | None:
+    """An option's help ending in its default; a flag, an option without a default, or a help that already says
+    its default is left as it is."""
+    text, default = action.help, action.default
+    if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or text == argparse.SUPPRESS
+            or "default" in (text or "").lower()):
+        return text
+    shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    return f"{text or ''} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+def version() -> str:
+    """The installed package's version; from a source tree that is not installed, the package's own."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("amnet-deploy")
+    except metadata.PackageNotFoundError:
+        from amnet import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from amnet.core.artifacts import Precision
 
     p = OneLineParser(prog="amnet-deploy", description=__doc__.split("\n")[0],
                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"amnet-deploy {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("info", help="what a checkpoint holds: format, config, parameters, GFLOPs")
@@ -400,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "scope from `python -m benchmarks.gc_ranges --moves`)")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("build", help="compile for a runtime: OpenVINO IR or TensorRT engines, FP32/FP16/INT8")
+    s = sub.add_parser("build", help="compile for a runtime: OpenVINO IR, FP16/INT8 ONNX, TensorRT engines, CUDA "
+                                     "plans, .tflite, .pte")
     s.add_argument("model", help="an export folder, an .onnx file, or a checkpoint")
     builders = {name: b for name, b in registry.backends().items() if b.builder is not None}
     s.add_argument("--runtime", choices=tuple(builders), required=True,
