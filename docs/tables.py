@@ -127,10 +127,11 @@ def _gpu(rel: str) -> list[str]:
     rows = []
     for res, r in sorted(g["resolutions"].items(), key=lambda kv: int(kv[0])):
         for x in r["rows"]:
-            rows.append([x["variant"], x.get("compile") or "eager", num(x["median_ms"], 2), num(x["fps"], 0),
+            rows.append([x["variant"], x.get("compile") or "eager", num(x.get("load_s")), num(x["median_ms"], 2),
+                         num(x["fps"], 0),
                          num(x.get("x_plain_fp16_replay"), 2), num(x["vs_cpu"]["face"]["psnr"]),
                          "pass" if x["passed"] else "**fail**"])
-    out += table(["variant", "plan", "median ms", "FPS", "× plain FP16 replay", "face PSNR dB vs CPU FP32",
+    out += table(["variant", "plan", "open s", "median ms", "FPS", "× plain FP16 replay", "face PSNR dB vs CPU FP32",
                   "gate"], rows)
     return out + ["", source(rel)]
 
