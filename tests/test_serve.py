@@ -49,12 +49,17 @@ def inputs(tmp_path_factory):
     return face.read_bytes(), samples.astype("<i2").tobytes()
 
 
+def server_options(small_build, port: int = 0):
+    from amnet.serve.local import ServeOptions
+
+    return ServeOptions(str(small_build[0]), port=port, streams=STREAMS, threads=1, token=TOKEN, max_session_s=30)
+
+
 @pytest.fixture(scope="module")
 def server(small_build):
-    from amnet.serve.local import ServeOptions, start, stop
+    from amnet.serve.local import start, stop
 
-    url = start(ServeOptions(str(small_build[0]), port=free_port(), streams=STREAMS, threads=1, token=TOKEN,
-                             max_session_s=30), quiet=True)
+    url = start(server_options(small_build, free_port()), quiet=True)
     try:
         yield url
     finally:
@@ -238,6 +243,80 @@ def test_loadtest_writes_its_report(server, tmp_path):
     assert run["streams"] == 2 and len(run["per_stream"]) == 2
     assert all(s["frames"] > 0 and s["frames"] + s["dropped"] == s["frames_due"] for s in run["per_stream"])
     assert (tmp_path / "loadtest.md").is_file() and (tmp_path / "loadtest.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- a replica SIGKILLed mid-stream
+
+KILL_S = 60  # the whole scenario: scale to two replicas, stream, kill, resume, the stream's end
+
+
+def scale_to(small_build, replicas: int, timeout: float = KILL_S) -> None:
+    """The module's app, with this many replicas running (the same version: Serve only adds or removes)."""
+    import time
+
+    from ray import serve
+
+    from amnet.serve.app import build_app
+    from amnet.serve.local import APP_NAME
+
+    opts = server_options(small_build)
+    serve.run(build_app({**opts.app_args(), "replicas": replicas, "token": TOKEN}), name=APP_NAME, route_prefix="/",
+              blocking=False)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        states = serve.status().applications[APP_NAME].deployments["AmnetReplica"].replica_states
+        if states == {"RUNNING": replicas}:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not {replicas} replicas running within {timeout:.0f} s: {states}")
+
+
+def replica_pid(replica: str) -> int:
+    (pid,) = [a["Pid"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+              if a["ActorClassName"].startswith("ServeReplica:") and a["Name"].endswith("#" + replica)]
+    return pid
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two one-CPU replicas need two CPUs")
+def test_a_replica_killed_mid_stream_is_invisible_to_the_client(server, small_build, tmp_path):
+    """The WebSocket and the model live in one replica: SIGKILL it mid-stream and the loadtest client reconnects,
+    resumes at the next frame (the other replica takes it), and the stream completes with its indices going on."""
+    import asyncio
+    import signal
+    import threading
+    import time
+
+    from amnet.reenact import media
+    from amnet.reenact.demo import write_inputs
+    from benchmarks.loadtest import one_stream, stream_url, to_pcm
+
+    face, speech_file = write_inputs(tmp_path, seconds=8.0)
+    pcm = to_pcm(media.decode_audio(speech_file), 8.0)
+    scale_to(small_build, 2)
+    try:
+        result: dict = {}
+        replicas: list = []  # the one holding the session, as the stream opens it
+
+        def stream():
+            try:
+                result.update(asyncio.run(one_stream(stream_url(server), TOKEN, face.read_bytes(), pcm, 25.0, "jpeg",
+                                                     time.perf_counter() + KILL_S, replicas)))
+            except Exception as e:  # noqa: BLE001 - reported by the test below
+                result["error"] = repr(e)
+
+        client = threading.Thread(target=stream, daemon=True)
+        client.start()
+        end = time.monotonic() + KILL_S / 2
+        while not replicas and time.monotonic() < end:
+            time.sleep(0.1)
+        time.sleep(3.0)  # mid-stream: 3 s of the 8
+        os.kill(replica_pid(replicas[0]), signal.SIGKILL)
+        client.join(KILL_S)
+        assert not client.is_alive() and "error" not in result, result  # indices monotonic: one_stream checks
+        assert result["reconnects"] >= 1 and result["replicas"][0] != result["replicas"][-1], result
+        assert result["dropped"] <= 0.01 * result["frames_due"], json.dumps(result)
+    finally:
+        scale_to(small_build, 1)
 
 
 # ---------------------------------------------------------------- before Ray starts: one line, exit 2
@@ -520,3 +599,11 @@ def test_replicas_spread_over_two_nodes_and_the_app_survives_losing_one(small_bu
     result = json.loads(out.strip().splitlines()[-1])
     assert result["replica_nodes"] == sorted(result["nodes"]), result  # one replica on each node
     assert result["frames_before"] > 0 and result["frames_after"] > 0, result  # after: within RECOVER_S
+
+
+def test_a_bad_resume_field_is_refused():
+    for bad in (-1, "3", True, 1.5, wire.MAX_RESUME + 1):
+        with pytest.raises(wire.ProtocolError) as e:
+            wire.parse_config(json.dumps({"pcm": {"rate": RATE}, "resume": bad}))
+        assert e.value.code == wire.INVALID and "resume" in str(e.value)
+    assert wire.parse_config(wire.session_config(RATE, resume=7))["resume"] == 7
