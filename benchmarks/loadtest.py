@@ -28,7 +28,8 @@ MAX_STREAMS = 64
 MAX_SECONDS = 600.0
 CHUNK_S = 0.02
 RATE = 44100
-MAX_RECONNECTS = 3  # per stream: a session refused (1013) or cut is opened again this many times at most
+MAX_RECONNECTS = 10  # per stream: a session refused (1013) or cut is opened again this many times at most
+RETRY_S = 0.25  # between those: a lost replica's successor, or the proxy learning it is gone, takes a moment
 CONNECT_TIMEOUT_S = 30.0  # a replica's first session finds its face with dlib: seconds on a busy machine
 
 
@@ -123,7 +124,12 @@ def to_pcm(samples: np.ndarray, seconds: float) -> bytes:
 # ---------------------------------------------------------------- one client
 
 async def one_stream(url: str, token: str | None, face: bytes, pcm: bytes, fps: float, output: str,
-                     deadline: float) -> dict:
+                     deadline: float, replicas: list | None = None) -> dict:
+    """One stream to its end. A session cut short (a replica lost, or refused as full) is opened again,
+    resumed at the next frame expected (protocol: resume), so the frame indices go on; the stream's clock stops
+    while it is cut (``cut_s``) and the audio sent since the resume point is sent again at once. ``replicas``
+    gets the id of each replica that took a session of it, as it does."""
+    replicas = [] if replicas is None else replicas
     import websockets
 
     from amnet import speech
@@ -131,75 +137,88 @@ async def one_stream(url: str, token: str | None, face: bytes, pcm: bytes, fps: 
     chunk = int(RATE * CHUNK_S) * 2  # bytes
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     over: list[float] = []
-    due = received = reconnects = 0
+    received = reconnects = 0
+    expect = 0  # the next frame index
+    sent = 0  # bytes of PCM sent so far, in any session
+    cut_at, cut_s = None, 0.0
     codes: list[int] = []
-    sent = 0  # bytes of PCM already delivered in earlier sessions
-    while sent < len(pcm) and reconnects <= MAX_RECONNECTS and time.perf_counter() < deadline:
+    audio_s = len(pcm) / 2 / RATE
+    finished = False
+    while not finished and time.perf_counter() < deadline:
         try:
             async with websockets.connect(url, additional_headers=headers, open_timeout=CONNECT_TIMEOUT_S,
                                           max_size=wire.MAX_FACE_BYTES, close_timeout=5) as ws:
-                await ws.send(wire.session_config(RATE, fps, output))
+                await ws.send(wire.session_config(RATE, fps, output, resume=expect))
                 await ws.send(face)
                 ready = json.loads(await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT_S))
                 if ready.get("type") != "ready":
                     raise InputError(f"the server answered {ready!r} instead of ready")
-                delta, rest = ready["audio_delta"], pcm[sent:]
-                start = time.perf_counter()
+                delta = ready["audio_delta"]
+                replicas.append(ready.get("replica"))
+                now = time.perf_counter()
+                if cut_at is not None:
+                    cut_s, cut_at = cut_s + now - cut_at, None
+                start = now - sent / 2 / RATE  # the stream's clock: sample 0 was sent then (its cuts left out)
                 ended: dict[str, float] = {}
 
                 async def send():
-                    for k, lo in enumerate(range(0, len(rest), chunk)):
-                        piece = rest[lo:lo + chunk]
+                    nonlocal sent
+                    for lo in range(wire.resume_sample(expect, fps, RATE) * 2, len(pcm), chunk):
+                        piece = pcm[lo:lo + chunk]
                         wait = start + (lo + len(piece)) / 2 / RATE - time.perf_counter()
-                        if wait > 0:
+                        if wait > 0:  # what was sent before the cut goes again at once
                             await asyncio.sleep(wait)
                         await ws.send(piece)
+                        sent = max(sent, lo + len(piece))
                     ended["t"] = time.perf_counter()
                     await ws.send(wire.END)
 
                 sender = asyncio.ensure_future(send())
-                session_due = speech.video_frames(len(rest) // 2, fps)
-                audio_s = len(rest) / 2 / RATE
                 try:
                     while True:
                         message = await asyncio.wait_for(ws.recv(), max(1.0, deadline - time.perf_counter()))
                         header = json.loads(message)
                         if header.get("type") == "done":
+                            finished = True
                             break
                         await ws.recv()  # the picture
                         now = time.perf_counter()
                         i = header["frame"]
+                        if i < expect:  # never, unless the server breaks the resume contract
+                            raise InputError(f"frame {i} came again after frame {expect - 1}")
+                        expect = i + 1
                         ready_s = speech.window_ready_seconds(i, fps, delta)
                         floor = start + min(math.ceil(ready_s * RATE * 2 / chunk) * chunk / 2 / RATE, audio_s)
                         floor = ended["t"] if ready_s >= audio_s and "t" in ended else floor
                         over.append((now - floor) * 1000)
                         received += 1
-                    due += session_due
-                    sent = len(pcm)
                 finally:
                     sender.cancel()
         except websockets.ConnectionClosed as e:
-            codes.append(e.rcvd.code if e.rcvd else 1006)
-            reconnects += 1
-            if e.rcvd and e.rcvd.code == wire.POLICY:
+            code = e.rcvd.code if e.rcvd else 1006
+            if code == wire.POLICY:
                 raise InputError(f"the server refused the session: {e.rcvd.reason}") from None
-            await asyncio.sleep(1.0)
-        except (OSError, asyncio.TimeoutError) as e:
+            if code == wire.NORMAL:  # closed without its done message: nothing to resume
+                break
+            codes.append(code)
+        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake) as e:
             codes.append(0)
-            reconnects += 1
-            if reconnects > MAX_RECONNECTS:
+            if reconnects >= MAX_RECONNECTS:
                 raise InputError(f"cannot stream to {url}: {e or type(e).__name__}") from None
-            await asyncio.sleep(1.0)
-    if sent < len(pcm):
-        due += speech.video_frames(len(pcm) // 2, fps)  # what never got through is due and missing
+        if not finished:
+            reconnects += 1
+            cut_at = time.perf_counter() if cut_at is None else cut_at
+            if reconnects > MAX_RECONNECTS:
+                break
+            await asyncio.sleep(RETRY_S)
+    due = speech.video_frames(len(pcm) // 2, fps)
     lat = np.array(over)
     on_time = int((lat <= wire.ON_TIME_MS).sum())
     pct = lambda q: round(float(np.percentile(lat, q)), 1) if len(lat) else None  # noqa: E731
-    seconds = len(pcm) / 2 / RATE
-    return {"frames_due": due, "frames": received, "fps": round(received / seconds, 2), "dropped": due - received,
+    return {"frames_due": due, "frames": received, "fps": round(received / audio_s, 2), "dropped": due - received,
             "on_time": round(on_time / due, 4) if due else 0.0, "over_floor_ms": {"p50": pct(50), "p95": pct(95),
                                                                                   "p99": pct(99), "max": pct(100)},
-            "reconnects": reconnects, "close_codes": codes}
+            "reconnects": reconnects, "close_codes": codes, "cut_s": round(cut_s, 2), "replicas": replicas}
 
 
 async def run_streams(url: str, n: int, token, face: bytes, pcm: bytes, fps: float, output: str) -> list[dict]:

@@ -13,13 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-if os.environ.get("AMNET_RAY_TESTS") != "1":
-    # Each Ray start still sends one probe to 169.254.169.254 (seen with strace, after usage stats and the TPU
-    # check were switched off): CI may send traffic to loopback only, so these run when asked for.
-    pytest.skip("Ray probes the cloud metadata address once per start: set AMNET_RAY_TESTS=1 to run them",
-                allow_module_level=True)
-
-from amnet.serve.local import keep_ray_on_loopback  # noqa: E402 - before ray is imported: Ray on 127.0.0.1 only
+from amnet.serve.local import RAY_PROCESS_ENV, keep_ray_on_loopback  # before ray is imported: on 127.0.0.1 only
 
 keep_ray_on_loopback()
 ray = pytest.importorskip("ray", reason="the serve extra is not installed: pip install 'amnet-deploy[serve]'")
@@ -55,12 +49,17 @@ def inputs(tmp_path_factory):
     return face.read_bytes(), samples.astype("<i2").tobytes()
 
 
+def server_options(small_build, port: int = 0):
+    from amnet.serve.local import ServeOptions
+
+    return ServeOptions(str(small_build[0]), port=port, streams=STREAMS, threads=1, token=TOKEN, max_session_s=30)
+
+
 @pytest.fixture(scope="module")
 def server(small_build):
-    from amnet.serve.local import ServeOptions, start, stop
+    from amnet.serve.local import start, stop
 
-    url = start(ServeOptions(str(small_build[0]), port=free_port(), streams=STREAMS, threads=1, token=TOKEN,
-                             max_session_s=30), quiet=True)
+    url = start(server_options(small_build, free_port()), quiet=True)
     try:
         yield url
     finally:
@@ -246,6 +245,80 @@ def test_loadtest_writes_its_report(server, tmp_path):
     assert (tmp_path / "loadtest.md").is_file() and (tmp_path / "loadtest.png").stat().st_size > 0
 
 
+# ---------------------------------------------------------------- a replica SIGKILLed mid-stream
+
+KILL_S = 60  # the whole scenario: scale to two replicas, stream, kill, resume, the stream's end
+
+
+def scale_to(small_build, replicas: int, timeout: float = KILL_S) -> None:
+    """The module's app, with this many replicas running (the same version: Serve only adds or removes)."""
+    import time
+
+    from ray import serve
+
+    from amnet.serve.app import build_app
+    from amnet.serve.local import APP_NAME
+
+    opts = server_options(small_build)
+    serve.run(build_app({**opts.app_args(), "replicas": replicas, "token": TOKEN}), name=APP_NAME, route_prefix="/",
+              blocking=False)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        states = serve.status().applications[APP_NAME].deployments["AmnetReplica"].replica_states
+        if states == {"RUNNING": replicas}:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not {replicas} replicas running within {timeout:.0f} s: {states}")
+
+
+def replica_pid(replica: str) -> int:
+    (pid,) = [a["Pid"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+              if a["ActorClassName"].startswith("ServeReplica:") and a["Name"].endswith("#" + replica)]
+    return pid
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two one-CPU replicas need two CPUs")
+def test_a_replica_killed_mid_stream_is_invisible_to_the_client(server, small_build, tmp_path):
+    """The WebSocket and the model live in one replica: SIGKILL it mid-stream and the loadtest client reconnects,
+    resumes at the next frame (the other replica takes it), and the stream completes with its indices going on."""
+    import asyncio
+    import signal
+    import threading
+    import time
+
+    from amnet.reenact import media
+    from amnet.reenact.demo import write_inputs
+    from benchmarks.loadtest import one_stream, stream_url, to_pcm
+
+    face, speech_file = write_inputs(tmp_path, seconds=8.0)
+    pcm = to_pcm(media.decode_audio(speech_file), 8.0)
+    scale_to(small_build, 2)
+    try:
+        result: dict = {}
+        replicas: list = []  # the one holding the session, as the stream opens it
+
+        def stream():
+            try:
+                result.update(asyncio.run(one_stream(stream_url(server), TOKEN, face.read_bytes(), pcm, 25.0, "jpeg",
+                                                     time.perf_counter() + KILL_S, replicas)))
+            except Exception as e:  # noqa: BLE001 - reported by the test below
+                result["error"] = repr(e)
+
+        client = threading.Thread(target=stream, daemon=True)
+        client.start()
+        end = time.monotonic() + KILL_S / 2
+        while not replicas and time.monotonic() < end:
+            time.sleep(0.1)
+        time.sleep(3.0)  # mid-stream: 3 s of the 8
+        os.kill(replica_pid(replicas[0]), signal.SIGKILL)
+        client.join(KILL_S)
+        assert not client.is_alive() and "error" not in result, result  # indices monotonic: one_stream checks
+        assert result["reconnects"] >= 1 and result["replicas"][0] != result["replicas"][-1], result
+        assert result["dropped"] <= 0.01 * result["frames_due"], json.dumps(result)
+    finally:
+        scale_to(small_build, 1)
+
+
 # ---------------------------------------------------------------- before Ray starts: one line, exit 2
 
 def serve_cli(capsys, *argv) -> tuple[int, str]:
@@ -331,41 +404,102 @@ def test_the_written_config_is_a_serve_deploy_config(tmp_path, small_build, monk
     assert type(build_app(app.args)).__name__ == "Application"
 
 
-# ---------------------------------------------------------------- SIGTERM: cleaned up like Ctrl-C
+# ---------------------------------------------------------------- one `serve` process: traced, then SIGTERMed
 
-def test_sigterm_stops_serve_with_143_and_leaves_no_ray_process(small_build):
+HELD_S = 12  # after it answers: ONNX Runtime's telemetry went out ~8 s after a session opened (strace)
+
+
+def can_strace() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("strace") is not None and subprocess.run(
+        ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o", os.devnull, "true"],
+        capture_output=True).returncode == 0
+
+
+def name(process) -> str:
+    import psutil
+
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:  # a short-lived one, already gone
+        return "(gone)"
+
+
+@pytest.fixture(scope="module")
+def serve_process(small_build, tmp_path_factory):
+    """`amnet-deploy serve` in a process of its own, its socket calls traced where strace can (only those: with
+    --seccomp-bpf the rest run untraced), held HELD_S after it answered, then SIGTERMed. Returns its exit code,
+    stderr, the Ray processes still alive 10 s later, and the trace (None without strace)."""
     import contextlib
     import signal
     import subprocess
     import threading
+    import time
     from pathlib import Path
 
     import psutil
 
     root = Path(__file__).resolve().parent.parent
+    trace = tmp_path_factory.mktemp("serve_trace") / "strace.txt" if can_strace() else None
+    tracer = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect,sendto,sendmsg", "-o", str(trace)]
+    own_env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}  # serve sets its own
+    command = [sys.executable, "-m", "amnet.cli", "serve", str(small_build[0]), "--port", str(free_port()),
+               "--threads", "1", "--streams-per-replica", "1", "--token", TOKEN]
+    launched = subprocess.Popen((tracer if trace else []) + command, cwd=root, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**own_env, "PYTHONPATH": str(root)})
     ray_processes = []
-    serve = subprocess.Popen([sys.executable, "-m", "amnet.cli", "serve", str(small_build[0]), "--port",
-                              str(free_port()), "--threads", "1", "--streams-per-replica", "1", "--token", TOKEN],
-                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(root)})
     try:
         serving = threading.Event()  # the URL line is printed once the app answers /healthz
-        threading.Thread(target=lambda: serve.stdout.readline().startswith("serving") and serving.set(),
+        threading.Thread(target=lambda: launched.stdout.readline().startswith("serving") and serving.set(),
                          daemon=True).start()
-        assert serving.wait(120), "serve did not come up within 120 s"
-        ray_processes = psutil.Process(serve.pid).children(recursive=True)
-        assert any("raylet" in p.name() for p in ray_processes), [p.name() for p in ray_processes]
+        assert serving.wait(180), "serve did not come up within 180 s"
+        serve = psutil.Process(launched.pid)
+        serve = serve.children()[0] if trace else serve  # strace's child
+        ray_processes = serve.children(recursive=True)
+        names = [name(p) for p in ray_processes]
+        time.sleep(HELD_S)
         serve.send_signal(signal.SIGTERM)
-        code = serve.wait(TIMEOUT)
-        err = serve.stderr.read()
-        assert code == 143 and err == "terminated\n", (code, err)
-        _, alive = psutil.wait_procs(ray_processes, timeout=10)  # gcs, raylet, its workers: ended, not orphaned
-        assert not alive, [p.name() for p in alive]
+        code = launched.wait(TIMEOUT)  # strace exits with its tracee's status
+        _, alive = psutil.wait_procs(ray_processes, timeout=10)
+        return {"code": code, "err": launched.stderr.read(), "ray": names, "alive": [name(p) for p in alive],
+                "trace": trace.read_text() if trace else None}
     finally:  # a failure here leaves nothing running either (before the fix: SIGABRT, Ray's agents orphaned)
-        serve.kill()  # nothing, once it has been waited for
+        launched.kill()  # nothing, once it has been waited for
         for p in ray_processes:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
+
+
+def test_sigterm_stops_serve_with_143_and_leaves_no_ray_process(serve_process):
+    assert any("raylet" in name for name in serve_process["ray"]), serve_process["ray"]
+    assert serve_process["code"] == 143 and serve_process["err"] == "terminated\n", serve_process
+    assert not serve_process["alive"]  # gcs, raylet, its workers: ended, not orphaned
+
+
+def off_loopback(trace: str) -> list[str]:
+    """The socket calls of an strace log that address anything but loopback (a unix socket has no address)."""
+    import ipaddress
+    import re
+
+    found = []
+    for line in trace.splitlines():
+        for addr in re.findall(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)"', line):
+            ip = ipaddress.ip_address(addr[0] or addr[1])
+            ip = getattr(ip, "ipv4_mapped", None) or ip
+            if not (ip.is_loopback or ip.is_unspecified):
+                found.append(line)
+    return found
+
+
+def test_serve_sends_nothing_off_loopback(serve_process):
+    """Before: Ray's dashboard asked 169.254.169.254 (and DNS for metadata.google.internal) which cloud it was on,
+    and ONNX Runtime looked up mobile.events.data.microsoft.com, at every start, usage stats off or not."""
+    if serve_process["trace"] is None:
+        pytest.skip("strace is not installed or may not trace here")
+    assert "connect(" in serve_process["trace"]  # the trace saw Ray's own (loopback) traffic
+    assert off_loopback(serve_process["trace"]) == []
 
 
 # ---------------------------------------------------------------- a cluster: replicas on two nodes, one lost
@@ -451,7 +585,7 @@ def test_replicas_spread_over_two_nodes_and_the_app_survives_losing_one(small_bu
     # Ray turns a 127.0.0.1 cluster address into the machine's own IP, where nothing here listens, unless
     # told that this is a cluster of one machine (the switch it reads on macOS and Windows).
     env = {**os.environ, "PYTHONPATH": str(root), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", **RAY_PROCESS_ENV}  # and nothing off loopback (amnet.serve.local)
     scenario = subprocess.Popen([sys.executable, "-c", SCENARIO, str(small_build[0]), str(tmp_path / "face.png"),
                                  str(tmp_path / "speech.pcm"), str(free_port())], cwd=root, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -465,3 +599,11 @@ def test_replicas_spread_over_two_nodes_and_the_app_survives_losing_one(small_bu
     result = json.loads(out.strip().splitlines()[-1])
     assert result["replica_nodes"] == sorted(result["nodes"]), result  # one replica on each node
     assert result["frames_before"] > 0 and result["frames_after"] > 0, result  # after: within RECOVER_S
+
+
+def test_a_bad_resume_field_is_refused():
+    for bad in (-1, "3", True, 1.5, wire.MAX_RESUME + 1):
+        with pytest.raises(wire.ProtocolError) as e:
+            wire.parse_config(json.dumps({"pcm": {"rate": RATE}, "resume": bad}))
+        assert e.value.code == wire.INVALID and "resume" in str(e.value)
+    assert wire.parse_config(wire.session_config(RATE, resume=7))["resume"] == 7

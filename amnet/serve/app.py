@@ -237,7 +237,8 @@ class AmnetReplica:
         session = Session(config, source, feed, self.delta, self.max_session_s)
         await ws.send_json({"type": "ready", "resolution": self.resolution, "fps": session.fps,
                             "audio_delta": self.delta, "max_session_s": self.max_session_s,
-                            "on_time_ms": wire.ON_TIME_MS})
+                            "on_time_ms": wire.ON_TIME_MS, "resume": config["resume"],
+                            "replica": self.metrics.replica})
         outbox = _Outbox(self.metrics)
         wake = asyncio.Event()
         tasks = [loop.create_task(self._compute(session, outbox, wake)), loop.create_task(outbox.send(ws))]
@@ -255,7 +256,7 @@ class AmnetReplica:
                     session.push(message)
                 wake.set()
             await tasks[0]  # every frame still due
-            outbox.put({"type": "done", "frames": session.done - session.dropped, "dropped": session.dropped})
+            outbox.put({"type": "done", "frames": session.served, "dropped": session.dropped})
             outbox.put(None)
             await tasks[1]
             await _close(ws, wire.NORMAL, "done")
@@ -287,7 +288,8 @@ class AmnetReplica:
                 continue
             self.metrics.add("dropped", session.dropped - before, key="late")
             picture = await self.batcher.frame(session.feeds(frame), session.output)
-            outbox.put({"type": "frame", "frame": frame, "t_audio": round(frame / session.fps, 4),
+            index = session.base + frame  # the stream's own numbering, across a resume
+            outbox.put({"type": "frame", "frame": index, "t_audio": round(index / session.fps, 4),
                         "ready_at": session.ready_at[frame], "dropped": session.dropped}, picture)
 
     def __del__(self):

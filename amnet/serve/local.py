@@ -5,6 +5,7 @@ is free, the model opens on its runtime and is a full model, the threads fit the
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -75,10 +76,10 @@ def check_port(host: str, port: int) -> None:
 
 
 def keep_ray_on_loopback() -> None:
-    """Before Ray is first imported: all of Ray on 127.0.0.1, and no usage report. On Linux Ray turns a node
-    address of 127.0.0.1 into the host's own (its GCS, raylet and agents then talk over the host's address)
-    unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when ray is imported; its usage report, on by default,
-    posts to Ray's servers. Every process Ray spawns inherits these."""
+    """Before Ray (or ONNX Runtime) is first imported: all of Ray on 127.0.0.1, no usage report, no telemetry.
+    On Linux Ray turns a node address of 127.0.0.1 into the host's own (its GCS, raylet and agents then talk over
+    the host's address) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when ray is imported; its usage
+    report, on by default, posts to Ray's servers. Every process Ray spawns inherits these."""
     import sys
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -86,10 +87,40 @@ def keep_ray_on_loopback() -> None:
     # Ray asks the GCE metadata server (169.254.169.254) for a TPU type unless GKE's variable names one; a name
     # that is no TPU type answers "none here" without asking.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "none")
+    # ONNX Runtime (1.32 on Linux) uploads telemetry to mobile.events.data.microsoft.com some seconds after a
+    # session opens (seen with strace: DNS lookups, retried), in this process and in every replica; its switch.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and constants.ENABLE_RAY_CLUSTER:
         raise RuntimeError("ray was imported before amnet.serve could keep it on 127.0.0.1: call "
                            "amnet.serve.local.keep_ray_on_loopback() first")
+
+
+# Ray's dashboard process asks the cloud metadata servers which cloud it runs on (169.254.169.254 twice, and
+# metadata.google.internal through DNS) at every start, usage stats off or not, with no switch of its own
+# (ray._common.usage.usage_lib.get_cluster_config_to_report, when ~/ray_bootstrap_config.yaml is absent). Those
+# requests go through `requests`, which honours the proxy variables: a proxy on loopback where nothing listens
+# fails them at once, on this machine. Ray's own traffic (gRPC, which reads the same variables) is all to
+# NO_PROXY, so it goes direct.
+DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing answers
+NO_PROXY = "localhost,127.0.0.1,::1,127.0.0.0/8"
+RAY_PROCESS_ENV = {"http_proxy": DEAD_PROXY, "https_proxy": DEAD_PROXY, "no_proxy": NO_PROXY}
+
+
+@contextlib.contextmanager
+def ray_processes_offline():
+    """While Ray starts its processes (GCS, raylet, dashboard; the raylet's workers inherit its environment):
+    no request of theirs leaves the machine. The caller's own environment is given back afterwards."""
+    saved = {k: os.environ.get(k) for k in RAY_PROCESS_ENV}
+    os.environ.update(RAY_PROCESS_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def start(opts: ServeOptions, quiet: bool = False) -> str:
@@ -117,8 +148,9 @@ def start(opts: ServeOptions, quiet: bool = False) -> str:
         # address="local": a new Ray of our own, never one found on the machine (ray.init() alone joins the
         # latest cluster started here, another user's or a test's, as CI saw it: "When connecting to an existing
         # cluster, num_cpus ... must not be provided").
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, configure_logging=not quiet, logging_level="ERROR")
+        with ray_processes_offline():
+            ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=os.cpu_count(),
+                     include_dashboard=False, log_to_driver=False, configure_logging=not quiet, logging_level="ERROR")
         _give_back_sigterm(on_sigterm)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's "Started Serve ..." lines on stderr
     serve.start(http_options={"host": opts.host, "port": opts.port}, logging_config={"log_level": "WARNING"})

@@ -10,6 +10,11 @@ A session, in order:
 4. client → server, binary: s16le mono PCM chunks, at 1× (faster than real time is refused)
 5. server → client, for each frame: text ``{"type": "frame", "frame", "t_audio", "latency_ms", ...}`` then
    binary (a JPEG, or raw R×R×3 RGB bytes)
+A client whose session was cut (a replica lost: any close but 1000 and the refusals) opens a new one with
+``"resume": N``, the next frame index it expects, and sends its PCM again from ``resume_sample(N, ...)``:
+``RESUME_LEAD_S`` before frame N, so that frame's audio window is full again. The server numbers that
+session's frames from ``resume_base(N)`` and sends them from N on.
+
 6. client → server, text ``{"type": "end"}``: the server sends the frames still due, then
    ``{"type": "done", "frames", "dropped"}`` and closes with 1000.
 
@@ -39,6 +44,8 @@ PCM_RATES = (8000, 96000)  # accepted sample rates, inclusive
 FPS_RANGE = (1.0, 30.0)  # frames per second a session may ask for
 OUTPUTS = ("jpeg", "raw")
 AHEAD_S = 2.0  # how far a client's audio may run ahead of the wall clock (1× plus jitter) before it is refused
+RESUME_LEAD_S = 0.5  # audio a resumed session gets again before its first frame: half a window (0.37 s) and more
+MAX_RESUME = 30 * 24 * 3600  # a frame index: a day at 30 fps, more than any session lasts
 ON_TIME_MS = 150.0  # a frame is on time within the audio floor + this (the issue's bar)
 
 
@@ -77,12 +84,27 @@ def parse_config(text: str | bytes | None) -> dict:
                                      f"got {fps!r}")
     if output not in OUTPUTS:
         raise ProtocolError(INVALID, f"session config: output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-    return {"rate": rate, "fps": float(fps), "output": output}
+    resume = cfg.get("resume", 0)
+    if isinstance(resume, bool) or not isinstance(resume, int) or not 0 <= resume <= MAX_RESUME:
+        raise ProtocolError(INVALID, f"session config: resume must be a frame index in [0, {MAX_RESUME}], "
+                                     f"got {resume!r}")
+    return {"rate": rate, "fps": float(fps), "output": output, "resume": resume}
 
 
-def session_config(rate: int, fps: float = 25.0, output: str = "jpeg") -> str:
+def session_config(rate: int, fps: float = 25.0, output: str = "jpeg", resume: int = 0) -> str:
     """The client's first message."""
-    return json.dumps({"pcm": {"format": "s16le", "channels": 1, "rate": rate}, "fps": fps, "output": output})
+    cfg = {"pcm": {"format": "s16le", "channels": 1, "rate": rate}, "fps": fps, "output": output}
+    return json.dumps({**cfg, "resume": resume} if resume else cfg)
+
+
+def resume_base(frame: int, fps: float) -> int:
+    """The frame whose start a resumed session's audio starts at."""
+    return max(0, frame - math.ceil(RESUME_LEAD_S * fps))
+
+
+def resume_sample(frame: int, fps: float, rate: int) -> int:
+    """The PCM sample (at the client's rate) a session resumed at ``frame`` starts from."""
+    return round(resume_base(frame, fps) * rate / fps)
 
 
 END = json.dumps({"type": "end"})

@@ -3,8 +3,11 @@ which frames are ready and which are done.
 
 The audio path is `reenact --stream`'s (amnet.reenact.run.stream): PCM → 44.1 kHz → `speech.SpeechFeatures`
 with the causal dB floor; frame i is ready once ``speech.frames_needed(i)`` feature frames are final (or the
-stream has ended). The frame computed next is `run.next_frame` with drop_late: the oldest ready frame that
-has waited at most one frame period, else the newest (a frame already late is dropped for the newest).
+stream has ended). The frame computed next is `run.next_frame` with drop_late: the oldest ready frame whose
+audio completed at most one frame period before the newest ready one's, else the newest (a frame a newer one
+has made stale is dropped for it). Frames completed together (the stream's end pads the last ~0.4 s at once; a
+resumed session gets its audio again at once) are all computed, in order: dropping them would gain no newer
+frame, and lost ~3 % of every stream's frames.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 from amnet import speech
 from amnet.reenact import drive
 from amnet.reenact.run import next_frame
-from amnet.serve.protocol import AHEAD_S, INVALID, POLICY, ProtocolError
+from amnet.serve.protocol import AHEAD_S, INVALID, POLICY, ProtocolError, resume_base
 
 
 class Session:
@@ -32,9 +35,13 @@ class Session:
         n = speech.video_frames(int((max_session_s + 1) * speech.SAMPLE_RATE), self.fps) + 1
         self.pose = np.repeat(source.pose[None].astype(np.float32), n, 0)
         self.eye = drive.blink_eye(source.eye, np.arange(n) / self.fps)
+        # A resumed session (protocol: resume) numbers its frames from `base`; those before the resume point were
+        # served by the session it replaces.
+        self.base = resume_base(config.get("resume", 0), self.fps)
         self.ready_at: list[float] = []  # per ready frame: when the audio completing its window arrived
-        self.done = 0  # frames [0, done) were computed or dropped
+        self.done = config.get("resume", 0) - self.base  # frames [0, done) were computed, dropped or served before
         self.dropped = 0
+        self.served = 0
         self.received = 0  # PCM samples at the client's rate
         self.first_chunk: float | None = None
         self.ended = False
@@ -45,7 +52,7 @@ class Session:
 
     @property
     def finished(self) -> bool:
-        return self.ended and self.done == self.ready
+        return self.ended and self.done >= self.ready
 
     def push(self, data: bytes, now: float | None = None) -> None:
         """One PCM chunk (s16le mono at the session's rate)."""
@@ -76,19 +83,20 @@ class Session:
         self.ended = True
         self.ready_at += [now] * max(0, speech.video_frames(self.feats.samples, self.fps) - self.ready)
 
-    def take(self, now: float | None = None) -> int | None:
+    def take(self) -> int | None:
         """The frame to compute next, or None while none is ready; frames it skips count as dropped."""
         if self.done >= self.ready:
             return None
-        now = time.perf_counter() if now is None else now
-        frame = next_frame(self.done, self.ready, lambda i: now - self.ready_at[i], 1 / self.fps, drop_late=True)
+        newest = self.ready_at[self.ready - 1]
+        frame = next_frame(self.done, self.ready, lambda i: newest - self.ready_at[i], 1 / self.fps, drop_late=True)
         self.dropped += frame - self.done
         self.done = frame + 1
+        self.served += 1
         return frame
 
     def feeds(self, frame: int) -> dict[str, np.ndarray]:
         """Batch-1 model inputs of a ready frame."""
-        k = min(frame, len(self.pose) - 1)
+        k = min(self.base + frame, len(self.pose) - 1)  # the blink schedule goes on across a resume
         return {"source": self.source_feed, "audio": self.feats.window(frame, self.fps)[None, None].astype(np.float32),
                 "pose": self.pose[k:k + 1], "eye": self.eye[k:k + 1]}
 
