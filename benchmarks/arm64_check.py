@@ -119,7 +119,7 @@ def _apt(cache: Path, mirror: str) -> list[str]:
             "Dir::Etc::sourcelist": root / "etc/sources.list", "Dir::Etc::sourceparts": root / "etc/sources.list.d",
             "Dir::Etc::parts": root / "etc/apt.conf.d", "Dir::Etc::preferencesparts": root / "etc/preferences.d",
             "APT::Architecture": "arm64", "APT::Architectures::": "amd64", "Debug::NoLocking": 1,
-            "Acquire::Languages": "none", "Acquire::Retries": 1, "APT::Sandbox::User": getpass.getuser()}
+            "Acquire::Languages": "none", "Acquire::Retries": 1, "APT::Update::Error-Mode": "any", "APT::Sandbox::User": getpass.getuser()}
     return ["apt-get", "-q"] + [f"-o{k}={v}" for k, v in opts.items()]
 
 
