@@ -295,7 +295,7 @@ def check(models: dict[str, Path], samples: int, cache: Path, cpu: str, threads:
     return {"host_cpu": _cpu_name(), "qemu": root["qemu_version"], "qemu_cpu": cpu, "debian": RELEASE,
             "sysroot_python": root["debs"].get(f"{PYTHON}:arm64"), "threads": threads,
             "x86_wheels": {d: metadata.version(d) for d in ("ai-edge-litert", "executorch", "torch", "numpy")},
-            "inputs": f"calibration_data/heldout.npz, first {samples}", "limits": limits.source,
+            "inputs": f"calibration_data/heldout.npz, first {samples}", "limits": _shown(limits.source),
             "rows": rows, "passed": all(r["passed"] for r in rows), "note": NOTE}
 
 
@@ -328,6 +328,15 @@ def markdown(report: dict) -> str:
     lines += ["", "sha256: " + ", ".join(f"`{r['file']}` {r['sha256']}" for r in report["rows"]), "",
               report["note"], ""]
     return "\n".join(lines)
+
+
+def _shown(path) -> str:
+    """A path inside the project as the project names it (a report is committed: no machine's folders in it)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def main(argv=None) -> int:
